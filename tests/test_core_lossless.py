@@ -1,0 +1,124 @@
+"""Losslessness of the draft/verify loop on small random models, for every k and batch shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from whisper_spec.core.loop import DecodeOptions, speculative_decode
+from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier
+from whisper_spec.whisper.decoder import CachedWhisperDecoder
+
+from conftest import HashModel, OracleDrafter
+
+VOCAB = 40
+STOP = 0
+
+
+def greedy(model_seed: int, prompts, max_new: int):
+    model = HashModel(VOCAB, len(prompts), model_seed)
+    verifier = ModelVerifier(model, len(prompts), VOCAB)
+    return speculative_decode(verifier, None, prompts, [STOP], DecodeOptions(max_new_tokens=max_new))
+
+
+PROMPTS = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8], [9, 9]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", range(1, 9))
+@pytest.mark.parametrize("right", [True, False])
+def test_oracle_drafters_never_change_the_greedy_output(seed, k, right):
+    reference = greedy(seed, PROMPTS, 30)
+    continuations = {i: list(r.tokens) for i, r in enumerate(reference.rows)}
+    model = HashModel(VOCAB, len(PROMPTS), seed)
+    drafter = OracleDrafter(continuations, [len(p) for p in PROMPTS], VOCAB, right)
+    result = speculative_decode(ModelVerifier(model, len(PROMPTS), VOCAB), drafter, PROMPTS, [STOP],
+                                DecodeOptions(max_new_tokens=30, draft_length=k, adaptive_draft_length=False))
+    assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
+    if right:
+        # every proposal is accepted, so each target call yields up to k+1 tokens
+        assert result.stats.accepted == result.stats.drafted
+        assert result.stats.target_calls < reference.stats.target_calls or k == 1
+    else:
+        assert result.stats.accepted == 0
+        assert result.stats.target_calls == reference.stats.target_calls
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_random_model_drafter_never_changes_the_greedy_output(seed, adaptive):
+    reference = greedy(seed, PROMPTS, 40)
+    target = HashModel(VOCAB, len(PROMPTS), seed)
+    # the draft agrees with the target on some prefixes only: a different seed of the same family
+    draft = HashModel(VOCAB, len(PROMPTS), seed + 100)
+    draft.table[: 600] = target.table[: 600]
+    draft.weights = target.weights
+    result = speculative_decode(
+        ModelVerifier(target, len(PROMPTS), VOCAB), ModelDrafter(draft, len(PROMPTS), stop_token_ids=[STOP]),
+        PROMPTS, [STOP], DecodeOptions(max_new_tokens=40, draft_length=5, adaptive_draft_length=adaptive))
+    assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
+    assert 0 < result.stats.accepted < result.stats.drafted
+
+
+def tiny_whisper(seed: int) -> WhisperForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = WhisperConfig(vocab_size=120, d_model=64, encoder_layers=1, decoder_layers=3,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, num_mel_bins=80, max_target_positions=64,
+                           decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_whisper_decoder_with_a_layer_subset_draft_matches_transformers_greedy(seed, k):
+    model = tiny_whisper(seed)
+    encoder_hidden = torch.randn(3, 1500, 64)
+    prompts = [[1, 5], [1, 6, 7], [1]]
+    target = CachedWhisperDecoder(model.model.decoder)
+    target.begin(encoder_hidden)
+    draft = CachedWhisperDecoder(model.model.decoder, layers=[0, 2])
+    draft.begin(encoder_hidden)
+    result = speculative_decode(ModelVerifier(target, 3, 120), ModelDrafter(draft, 3, stop_token_ids=[2]),
+                                prompts, [2], DecodeOptions(max_new_tokens=25, draft_length=k, adaptive_draft_length=False))
+    for row, prompt, hidden in zip(result.rows, prompts, encoder_hidden):
+        # transformers' own greedy loop over the same weights, one token at a time, no cache
+        sequence = list(prompt)
+        with torch.no_grad():
+            for _ in range(25):
+                logits = model(encoder_outputs=(hidden[None],), decoder_input_ids=torch.tensor([sequence])).logits
+                sequence.append(int(logits[0, -1].argmax()))
+                if sequence[-1] == 2:
+                    break
+        assert list(row.tokens) == sequence[len(prompt):]
+
+
+def test_sampling_through_the_loop_preserves_the_target_distribution():
+    """Two sampled tokens from a Markov target with a mismatched Markov draft: joint frequencies = p."""
+    vocab, rows = 4, 30000
+    g = torch.Generator().manual_seed(0)
+    p_next = torch.softmax(torch.randn(vocab, vocab, generator=g) * 1.5, dim=-1)  # p(x_t | x_{t-1})
+    q_next = torch.softmax(torch.randn(vocab, vocab, generator=g) * 1.5, dim=-1)
+
+    class Markov:
+        def __init__(self, table):
+            self.table = table
+
+        @property
+        def device(self):
+            return torch.device("cpu")
+
+        def forward_cached(self, rows, tokens, start, output_index):
+            last = tokens.gather(1, output_index)
+            return self.table[last].log()
+
+    prompts = [[0]] * rows
+    result = speculative_decode(
+        ModelVerifier(Markov(p_next), rows, vocab), ModelDrafter(Markov(q_next), rows), prompts, [],
+        DecodeOptions(max_new_tokens=2, draft_length=2, adaptive_draft_length=False, temperature=1.0, seed=3))
+    pairs = torch.tensor([r.tokens for r in result.rows])
+    observed = torch.bincount(pairs[:, 0] * vocab + pairs[:, 1], minlength=vocab * vocab).float() / rows
+    expected = (p_next[0][:, None] * p_next).flatten()
+    assert torch.allclose(observed, expected, atol=0.012)
+    assert 0 < result.stats.accepted < result.stats.drafted

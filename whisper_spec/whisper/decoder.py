@@ -1,0 +1,121 @@
+"""Whisper's decoder over a preallocated key/value cache addressed by (row, position).
+
+transformers' own cache appends one step at a time and needs explicit cropping to undo a rejected draft;
+here keys and values are written at explicit positions, so a rejected draft is forgotten for free (the
+next pass overwrites its slots) and every row of a batch can sit at its own length. Cross-attention keys
+and values are computed once per window (``begin``) and reused by every pass. The module reuses the
+transformers decoder's own weights (no copy), optionally only some of its layers: a draft made of the
+target's first and last layers is one of the draft kinds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CachedWhisperDecoder(nn.Module):
+    """An ``IncrementalModel`` (see ``core.prefix_cache``) for a transformers ``WhisperDecoder``."""
+
+    def __init__(self, decoder: nn.Module, layers: Sequence[int] | None = None, output_weight: Tensor | None = None):
+        """
+        Args:
+            decoder: a transformers ``WhisperDecoder`` (``model.model.decoder``).
+            layers: which of its layers to run, in order (default all).
+            output_weight: [V, D] output projection (default: the tied token embedding).
+        """
+        super().__init__()
+        self.embed_tokens = decoder.embed_tokens
+        self.embed_positions = decoder.embed_positions
+        chosen = range(len(decoder.layers)) if layers is None else layers
+        self.layers = nn.ModuleList([decoder.layers[i] for i in chosen])
+        self.layer_norm = decoder.layer_norm
+        self.output_weight = self.embed_tokens.weight if output_weight is None else output_weight
+        first = self.layers[0].self_attn
+        self.num_heads = first.num_heads
+        self.head_dim = first.head_dim
+        self.max_positions = self.embed_positions.weight.shape[0]
+        self._self_k: list[Tensor] = []
+        self._self_v: list[Tensor] = []
+        self._cross_k: list[Tensor] = []
+        self._cross_v: list[Tensor] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[b, T, D] -> [b, H, T, Dh]"""
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    @torch.inference_mode()
+    def begin(self, encoder_hidden: Tensor) -> None:
+        """Start a batch of windows: precompute cross-attention K/V, allocate the self-attention cache.
+
+        Args:
+            encoder_hidden: [B, S, D] encoder outputs (S = 1500 for 30-second windows).
+        """
+        batch = encoder_hidden.shape[0]
+        encoder_hidden = encoder_hidden.to(device=self.device, dtype=self.dtype)
+        # one slot past the last position: a scratch slot that padding tokens write to (never attended)
+        shape = (batch, self.num_heads, self.max_positions + 1, self.head_dim)
+        self._self_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self._self_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self._cross_k = [self._heads(layer.encoder_attn.k_proj(encoder_hidden)).contiguous() for layer in self.layers]
+        self._cross_v = [self._heads(layer.encoder_attn.v_proj(encoder_hidden)).contiguous() for layer in self.layers]
+
+    @torch.inference_mode()
+    def forward_cached(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
+        """See ``IncrementalModel.forward_cached``: tokens [b, T] -> logits [b, N, V]."""
+        if not self._self_k:
+            raise RuntimeError("call begin(encoder_hidden) before decoding")
+        device = self.device
+        b, t = tokens.shape
+        whole_batch = b == self._self_k[0].shape[0] and rows.tolist() == list(range(b))
+        rows = rows.to(device)
+        tokens = tokens.to(device)
+        positions = start.to(device)[:, None] + torch.arange(t, device=device)  # [b, T]
+        # Positions past the window are padding: they write to the scratch slot and read clamped embeddings.
+        write_positions = positions.clamp_max(self.max_positions)
+        keys = min(int(start.max()) + t, self.max_positions + 1)
+        # token at position p sees cached positions 0..p of its own row
+        mask = None
+        if t > 1 or b > 1:
+            mask = (torch.arange(keys, device=device)[None, None, :] <= positions[:, :, None])[:, None]
+        x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
+        row_index = rows[:, None]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = self._heads(attn.q_proj(h))
+            k_new = attn.k_proj(h).view(b, t, self.num_heads, self.head_dim)
+            v_new = attn.v_proj(h).view(b, t, self.num_heads, self.head_dim)
+            self._self_k[i][row_index, :, write_positions] = k_new
+            self._self_v[i][row_index, :, write_positions] = v_new
+            k_all, v_all = self._self_k[i][:, :, :keys], self._self_v[i][:, :, :keys]
+            if not whole_batch:
+                k_all, v_all = k_all.index_select(0, rows), v_all.index_select(0, rows)
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            x = x + attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+            cross = layer.encoder_attn
+            h = layer.encoder_attn_layer_norm(x)
+            q = self._heads(cross.q_proj(h))
+            k_enc, v_enc = self._cross_k[i], self._cross_v[i]
+            if not whole_batch:
+                k_enc, v_enc = k_enc.index_select(0, rows), v_enc.index_select(0, rows)
+            out = F.scaled_dot_product_attention(q, k_enc, v_enc)
+            x = x + cross.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        x = x.gather(1, output_index.to(device)[:, :, None].expand(-1, -1, x.shape[-1]))
+        return self.layer_norm(x) @ self.output_weight.T

@@ -1,0 +1,141 @@
+"""The three kinds of Whisper draft, each turned into a core ``Drafter`` for a batch of windows.
+
+1. ``SharedEncoderDraft``: a decoder that reads the TARGET's encoder outputs (distil-whisper's design, or
+   some of the target's own decoder layers); only its small decoder runs.
+2. ``SeparateEncoderDraft``: a smaller Whisper with the same tokenizer and its own encoder, run once per
+   window.
+3. ``CrossTokenizerDraft``: a Whisper with another tokenizer (English-only tiny.en for multilingual base):
+   its tokens travel to the target as text and are re-tokenized, and back.
+
+Whatever the draft proposes, the target decides, so every kind is lossless; the kinds differ in cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from whisper_spec.core.model_roles import ModelDrafter
+from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
+from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.features import encode_audio
+from whisper_spec.whisper.logit_rules import SuppressionRules
+from whisper_spec.whisper.prompts import decoder_prompt
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """What every draft may need to start on a batch of windows."""
+
+    audio: Sequence[np.ndarray]  # B mono 16 kHz windows, each at most 30 s
+    target_encoder_hidden: Tensor  # [B, S, D] the target's encoder outputs
+    prompts: Sequence[Sequence[int]]  # B target decoder prompts
+    rules: SuppressionRules  # the target's logit rules for these prompts
+    language: Sequence[str]  # B language codes (for a multilingual draft's own prompt)
+    task: str
+
+
+class WhisperDraft(Protocol):
+    kind: str  # "shared-encoder", "separate-encoder" or "cross-tokenizer"
+
+    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
+        """A drafter for these windows, and the seconds spent on the draft's own encoder."""
+        ...
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+
+class SharedEncoderDraft:
+    kind = "shared-encoder"
+
+    def __init__(self, decoder: CachedWhisperDecoder, eot_token_id: int):
+        self.decoder = decoder
+        self.eot_token_id = eot_token_id
+
+    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
+        self.decoder.begin(batch.target_encoder_hidden)
+        drafter = ModelDrafter(self.decoder, len(batch.prompts), rules=batch.rules, stop_token_ids=[self.eot_token_id])
+        return drafter, 0.0
+
+
+class SeparateEncoderDraft:
+    kind = "separate-encoder"
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder)
+
+    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
+        hidden, seconds = encode_audio(self.checkpoint, batch.audio)
+        self.decoder.begin(hidden)
+        drafter = ModelDrafter(self.decoder, len(batch.prompts), rules=batch.rules,
+                               stop_token_ids=_stop_ids(self.checkpoint.tokenizer))
+        return drafter, seconds
+
+
+class CrossTokenizerDraft:
+    kind = "cross-tokenizer"
+
+    def __init__(self, checkpoint, target_tokenizer):
+        self.checkpoint = checkpoint
+        self.target_tokenizer = target_tokenizer
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder)
+
+    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
+        hidden, seconds = encode_audio(self.checkpoint, batch.audio)
+        self.decoder.begin(hidden)
+        config = self.checkpoint.generation_config
+        prompts = [decoder_prompt(config, language, batch.task) for language in batch.language]
+        rules = SuppressionRules(
+            prompt_lengths=tuple(len(p) for p in prompts),
+            suppress_tokens=tuple(config.suppress_tokens or ()),
+            begin_suppress_tokens=tuple(config.begin_suppress_tokens or ()))
+        inner = ModelDrafter(self.decoder, len(prompts), rules=rules, stop_token_ids=_stop_ids(self.checkpoint.tokenizer))
+        return _TextBridgeDrafter(inner, self.checkpoint.tokenizer, self.target_tokenizer, prompts,
+                                  [len(p) for p in batch.prompts]), seconds
+
+
+class _TextBridgeDrafter:
+    """Carries a draft across tokenizers through text: target ids -> text -> draft ids, and back."""
+
+    def __init__(self, inner: ModelDrafter, draft_tokenizer, target_tokenizer,
+                 draft_prompts: Sequence[Sequence[int]], target_prompt_lengths: Sequence[int]):
+        self.inner = inner
+        self.draft_tokenizer = draft_tokenizer
+        self.target_tokenizer = target_tokenizer
+        self.draft_prompts = [list(p) for p in draft_prompts]
+        self.target_prompt_lengths = list(target_prompt_lengths)
+        self.draft_eot = draft_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.target_eot = target_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.draft_specials = set(draft_tokenizer.all_special_ids)
+
+    def propose(self, request: DraftRequest) -> Proposal:
+        rows = request.rows.tolist()
+        generated = [list(s[self.target_prompt_lengths[r]:]) for r, s in zip(rows, request.sequences)]
+        texts = [self.target_tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+        draft_sequences = [self.draft_prompts[r] + self.draft_tokenizer.encode(t, add_special_tokens=False)
+                           for r, t in zip(rows, texts)]
+        inner = self.inner.propose(DraftRequest(request.rows, draft_sequences, request.k, 0.0, None))
+        proposals = [self._to_target(g, t, d, request.k) for g, t, d in zip(generated, texts, inner.tokens)]
+        return Proposal(tokens=proposals, forward_calls=inner.forward_calls)
+
+    def _to_target(self, generated: list[int], text: str, draft_ids: list[int], k: int) -> list[int]:
+        ends = bool(draft_ids) and draft_ids[-1] == self.draft_eot
+        words = [t for t in draft_ids if t not in self.draft_specials]
+        draft_text = self.draft_tokenizer.decode(words)
+        # Re-tokenize the whole text so that a word the draft finishes is tokenized as the target would;
+        # if that changes the committed ids, fall back to the draft's text alone.
+        whole = self.target_tokenizer.encode(text + draft_text, add_special_tokens=False)
+        if whole[: len(generated)] == generated:
+            proposal = whole[len(generated):]
+        else:
+            proposal = self.target_tokenizer.encode(draft_text, add_special_tokens=False)
+        if ends and len(proposal) < k:
+            proposal.append(self.target_eot)
+        return proposal[:k]
