@@ -139,3 +139,40 @@ class _TextBridgeDrafter:
         if ends and len(proposal) < k:
             proposal.append(self.target_eot)
         return proposal[:k]
+
+
+def _same_encoder(a, b) -> bool:
+    """True when two checkpoints' encoders are bit-identical (distil-whisper keeps its teacher's)."""
+    pa, pb = dict(a.model.model.encoder.named_parameters()), dict(b.model.model.encoder.named_parameters())
+    return pa.keys() == pb.keys() and all(pa[k].shape == pb[k].shape and torch.equal(pa[k], pb[k].to(pa[k].device))
+                                          for k in pa)
+
+
+def resolve_draft(spec: str, target, device=None, dtype=None) -> WhisperDraft:
+    """Turn a draft spec into a draft for ``target`` (a ``WhisperCheckpoint``).
+
+    Specs: ``layers:0,5`` (the target's own decoder layers, reading its encoder outputs), or any name
+    ``load_whisper`` resolves. A checkpoint with the target's tokenizer becomes a shared-encoder draft
+    when its encoder is bit-identical to the target's, else a separate-encoder draft; a checkpoint with
+    another tokenizer becomes a cross-tokenizer draft.
+    """
+    from whisper_spec.whisper.checkpoints import load_whisper
+
+    eot = target.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if spec.startswith("layers:"):
+        decoder = target.model.model.decoder
+        count = len(decoder.layers)
+        try:
+            layers = [int(x) % count for x in spec.split(":", 1)[1].split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"draft spec {spec!r}: expected layers:i,j,... with integer layer indices") from None
+        if not layers:
+            raise ValueError(f"draft spec {spec!r} names no layers")
+        return SharedEncoderDraft(CachedWhisperDecoder(decoder, layers=layers), eot)
+    weight = target.model.model.decoder.embed_tokens.weight
+    draft = load_whisper(spec, device=device or weight.device, dtype=dtype or weight.dtype)
+    if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        return CrossTokenizerDraft(draft, target.tokenizer)
+    if _same_encoder(draft, target):
+        return SharedEncoderDraft(CachedWhisperDecoder(draft.model.model.decoder), eot)
+    return SeparateEncoderDraft(draft)
