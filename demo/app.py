@@ -1,0 +1,267 @@
+"""The Gradio demo: the same audio decoded with and without a draft, side by side.
+
+Start it with ``python -m demo.app`` (``--help`` lists the options). Every transcription goes through
+``whisper_spec.transcribe.transcribe()``, twice: once with the preset's draft (speculative) and once
+with ``draft=None`` (the target alone, the baseline). The page shows both transcripts, their wall time
+and real-time factor, the speed-up, whether the token ids are identical, which tokens the target
+accepted from the draft, and the accepted-length histogram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import gradio as gr
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from demo.provenance import Source, observe_rounds, token_sources
+from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from whisper_spec.presets import DEFAULT_PRESET, PRESETS
+from whisper_spec.transcribe import Transcription, load_pipeline, resolve_models, transcribe
+
+log = logging.getLogger("demo")
+
+COLORS = {Source.DRAFT.value: "#2e9e5b", Source.TARGET.value: "#e8912d"}  # green: accepted, orange: target's own
+CSS = """
+.verdict { font-size: 1.15em; display: flex; gap: 1.5em; align-items: center; flex-wrap: wrap; }
+.verdict .badge { font-weight: bold; padding: 0.15em 0.6em; border-radius: 0.4em; color: white;
+                  font-family: "DejaVu Sans", sans-serif; }
+.verdict .badge.same { background: #2e9e5b; }
+.verdict .badge.differ { background: #c0392b; }
+"""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    max_audio_seconds: float = 30.0  # longer recordings are refused with a message (the engine decodes one window)
+    concurrency_limit: int = 1  # decodes run one at a time (the models are shared); others wait in the queue
+    max_queue: int = 16  # requests beyond this many waiting are turned away with a message
+    default_preset: str = DEFAULT_PRESET
+    device: str = "cpu"
+
+
+class UserError(Exception):
+    """Something the person using the page can fix; its message is shown in the page as it is."""
+
+
+@dataclass(frozen=True)
+class SpeechComparison:
+    speculative: Transcription  # decoded with the preset's draft
+    baseline: Transcription  # decoded by the target alone
+    pieces: tuple[tuple[str, Source], ...] | None  # the speculative transcript's text per token; None: unknown
+
+    @property
+    def identical(self) -> bool:
+        return self.speculative.tokens == self.baseline.tokens
+
+    @property
+    def speed_up(self) -> float:
+        """Baseline wall time over speculative wall time (above 1: speculation was faster)."""
+        return self.baseline.stats.wall_seconds / self.speculative.stats.wall_seconds
+
+
+def checked_audio(path: str | None, config: DemoConfig) -> np.ndarray:
+    """16 kHz mono samples of an uploaded or recorded file; a UserError says what is wrong with it."""
+    if not path:
+        raise UserError("Upload an audio file or record from the microphone first.")
+    name = Path(path).name
+    try:
+        samples = load_audio(path)
+    except AudioLoadError as error:
+        raise UserError(f"“{name}” could not be read as audio. Please choose a recording (WAV, FLAC, MP3, OGG, "
+                        f"M4A, ...).\n\nDetails: {error.reason}.") from error
+    seconds = samples.size / SAMPLE_RATE
+    if seconds < 0.1:
+        raise UserError(f"“{name}” holds only {seconds * 1000:.0f} ms of audio: there is nothing to transcribe.")
+    if seconds > config.max_audio_seconds:
+        raise UserError(f"“{name}” is {seconds:.1f} s long; this demo transcribes at most "
+                        f"{config.max_audio_seconds:.0f} s. Please upload a shorter clip.")
+    return samples
+
+
+def compare(samples: np.ndarray, preset: str, config: DemoConfig) -> SpeechComparison:
+    """Transcribe ``samples`` with the preset's draft and without one (the speculative run goes first)."""
+    if preset not in PRESETS:
+        raise UserError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    target, draft = resolve_models(preset, None, "default")
+    try:
+        with observe_rounds() as rounds:
+            speculative = transcribe(samples, target, draft, device=config.device)
+        baseline = transcribe(samples, target, None, device=config.device)
+    except OSError as error:  # a hub checkpoint on a machine without the hub, a missing cache
+        raise UserError(f"The models of preset “{preset}” could not be loaded here: {error}") from error
+    tokenizer = load_pipeline(target, None, config.device).target.tokenizer
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    sources = token_sources(rounds, speculative.tokens, dropped_ids=[eot])
+    pieces = None if sources is None else _pieces(tokenizer, speculative.tokens, sources)
+    return SpeechComparison(speculative, baseline, pieces)
+
+
+def _pieces(tokenizer, tokens: Sequence[int], sources: Sequence[Source]) -> tuple[tuple[str, Source], ...]:
+    """Each token's share of the decoded text (decoding prefixes keeps multi-byte characters whole)."""
+    pieces = []
+    text_so_far = ""
+    for i, source in enumerate(sources):
+        text = tokenizer.decode(list(tokens[: i + 1]), skip_special_tokens=True)
+        if text != text_so_far and text.startswith(text_so_far):
+            pieces.append((text[len(text_so_far):], source))
+            text_so_far = text
+    return tuple(pieces)
+
+
+# ---- rendering: one function per part of the page ------------------------------------------------------
+
+def timing_markdown(result: Transcription) -> str:
+    return (f"**Wall time** {result.stats.wall_seconds:.2f} s · **real-time factor** "
+            f"{result.real_time_factor:.2f} · {len(result.tokens)} tokens in {result.stats.target_calls} target passes")
+
+
+def verdict_html(comparison: SpeechComparison) -> str:
+    spec, base = comparison.speculative.tokens, comparison.baseline.tokens
+    if comparison.identical:
+        mark = ('<span class="badge same">✓ Identical</span> the speculative token ids equal the baseline\'s '
+                f'({len(spec)} tokens)')
+    else:
+        first = next((i for i, (a, b) in enumerate(zip(spec, base)) if a != b), min(len(spec), len(base)))
+        mark = ('<span class="badge differ">✗ Different</span> the token ids differ from token '
+                f'{first} on ({len(spec)} vs {len(base)} tokens)')
+    return (f'<div class="verdict">{mark}<span class="speedup">speed-up <b>{comparison.speed_up:.2f}×</b> '
+            '(baseline wall time / speculative wall time)</span></div>')
+
+
+def acceptance_markdown(result: Transcription) -> str:
+    stats = result.stats
+    if result.draft is None:
+        return "This preset has no draft: both columns are the target alone."
+    return (f"**Acceptance** {stats.acceptance_rate:.0%} ({stats.accepted} of {stats.drafted} draft tokens) · "
+            f"**mean accepted per round** {stats.mean_accepted_length:.2f} · draft: `{result.draft}`")
+
+
+def histogram_figure(result: Transcription) -> Figure | None:
+    """Bar chart: how many rounds accepted n draft tokens."""
+    if not result.stats.accepted_lengths:
+        return None
+    lengths, counts = zip(*result.stats.accepted_lengths)
+    figure = Figure(figsize=(4.2, 2.4), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(lengths, counts, color=COLORS[Source.DRAFT.value])
+    axes.set_xticks(range(0, max(lengths) + 1))
+    axes.set_xlabel("draft tokens accepted in a round")
+    axes.set_ylabel("rounds")
+    return figure
+
+
+SEGMENTS_PENDING = ("Segments with timestamps and srt/vtt/json downloads come with long-form transcription "
+                    "(issue 3), which is **not in this build yet**.")
+TEXT_PENDING = ("Text generation with a draft (issue 5, `whisper_spec.generate`) is **not in this build yet**; "
+                "this tab will run it when it lands.")
+
+
+def run_speech(audio_path: str | None, preset: str, config: DemoConfig):
+    """The Transcribe button: every output of the speech tab, or a friendly message and empty outputs."""
+    try:
+        comparison = compare(checked_audio(audio_path, config), preset, config)
+    except UserError as error:
+        return (f"⚠️ {error}", "", "", "", "", "", None, "", None)
+    except Exception:  # the page must keep serving; the traceback goes to the server log
+        log.exception("transcription failed")
+        return ("⚠️ Something went wrong while transcribing this file; the details are in the server log.",
+                "", "", "", "", "", None, "", None)
+    spec = comparison.speculative
+    pieces = ([(text, source.value) for text, source in comparison.pieces] if comparison.pieces is not None
+              else [("(per-token provenance unavailable for this decode)", None)])
+    return (f"Transcribed {spec.audio_seconds:.1f} s of audio ({spec.language}) with preset “{preset}”.",
+            verdict_html(comparison),
+            spec.text, timing_markdown(spec),
+            comparison.baseline.text, timing_markdown(comparison.baseline),
+            pieces, acceptance_markdown(spec), histogram_figure(spec))
+
+
+def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
+    preset_choices = [(f"{name} — {preset.note}", name) for name, preset in PRESETS.items()]
+    with gr.Blocks(title="whisper-spec: speculative decoding demo", analytics_enabled=False) as app:
+        gr.Markdown("# whisper-spec\nLossless speculative decoding for Whisper: a small draft proposes tokens, "
+                    "the target checks them all in one pass. Greedy output is the target's own, token for token "
+                    "— compare the two columns.")
+        with gr.Tab("Speech"):
+            with gr.Row():
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio (upload or record)",
+                                 elem_id="audio-input")
+                with gr.Column():
+                    preset = gr.Dropdown(preset_choices, value=config.default_preset, label="Target / draft preset",
+                                         elem_id="preset")
+                    button = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
+                    status = gr.Markdown(f"Clips up to {config.max_audio_seconds:.0f} s.", elem_id="status")
+            verdict = gr.HTML(elem_id="verdict")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Speculative (target + draft)")
+                    spec_text = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="spec-text")
+                    spec_timing = gr.Markdown(elem_id="spec-timing")
+                with gr.Column():
+                    gr.Markdown("### Baseline (target alone)")
+                    base_text = gr.Textbox(label="Transcript", lines=3, interactive=False, elem_id="base-text")
+                    base_timing = gr.Markdown(elem_id="base-timing")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    tokens = gr.HighlightedText(label="How each token was produced", color_map=COLORS,
+                                                show_legend=True, show_inline_category=False, elem_id="tokens")
+                    acceptance = gr.Markdown(elem_id="acceptance")
+                histogram = gr.Plot(label="Accepted-length histogram", format="png", elem_id="histogram", scale=2)
+            with gr.Accordion("Segments and subtitles", open=False):
+                gr.Markdown(SEGMENTS_PENDING, elem_id="segments-status")
+        with gr.Tab("Text"):
+            gr.Markdown(TEXT_PENDING, elem_id="text-status")
+
+        button.click(lambda path, name: run_speech(path, name, config), inputs=[audio, preset],
+                     outputs=[status, verdict, spec_text, spec_timing, base_text, base_timing, tokens, acceptance,
+                              histogram],
+                     concurrency_limit=config.concurrency_limit, concurrency_id="models")
+    app.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency_limit)
+    return app
+
+
+def warm_up(config: DemoConfig) -> None:
+    """Load the default preset's models before the first visitor, so the first timings are fair."""
+    target, draft = resolve_models(config.default_preset, None, "default")
+    load_pipeline(target, None, config.device)
+    if draft is not None:
+        load_pipeline(target, draft, config.device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m demo.app", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 to serve the network).")
+    parser.add_argument("--port", type=int, default=7860, help="Port to listen on.")
+    parser.add_argument("--preset", default=DemoConfig.default_preset, choices=list(PRESETS),
+                        help="The preset selected when the page opens (its models load at start).")
+    parser.add_argument("--max-audio-seconds", type=float, default=DemoConfig.max_audio_seconds,
+                        help="Longest recording accepted; longer uploads get a message instead.")
+    parser.add_argument("--concurrency", type=int, default=DemoConfig.concurrency_limit,
+                        help="How many decodes run at once; further requests wait in the queue.")
+    parser.add_argument("--max-queue", type=int, default=DemoConfig.max_queue,
+                        help="How many requests may wait; more are turned away with a message.")
+    parser.add_argument("--device", default="cpu", help="Where the models run: cpu or cuda.")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+    parser.add_argument("--no-warm-up", action="store_true", help="Load models on the first request, not at start.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = DemoConfig(max_audio_seconds=args.max_audio_seconds, concurrency_limit=args.concurrency,
+                        max_queue=args.max_queue, default_preset=args.preset, device=args.device)
+    if not args.no_warm_up:
+        log.info("loading the models of preset %s", config.default_preset)
+        warm_up(config)
+    build_app(config).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=False,
+                             quiet=True, footer_links=[], css=CSS)
+
+
+if __name__ == "__main__":
+    main()
