@@ -1,0 +1,114 @@
+"""Losslessness on the real offline checkpoints and real speech, for every draft kind, in one batch.
+
+The reference is transformers' own greedy ``generate`` on the target, clip by clip: code outside this
+package. Each draft kind decodes all clips together in one batch (clips of different lengths, each row
+accepting its own number of tokens per round) and must give exactly the reference ids.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jiwer
+import pytest
+import torch
+
+from whisper_spec.audio import load_audio
+from whisper_spec.whisper.checkpoints import load_whisper
+from whisper_spec.whisper.drafts import CrossTokenizerDraft, SeparateEncoderDraft, resolve_draft
+from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
+
+from conftest import ALLISON, LIBRIVOX
+
+CLIPS = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav",
+         LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0890.wav",
+         LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav",
+         ALLISON / "vm-review.wav",
+         ALLISON / "conf-onlyperson.wav"]
+
+
+def _words(text: str) -> str:
+    return re.sub(r"[^a-z' ]", " ", text.lower().replace("-", " "))
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.set_num_threads(2)
+    missing = [c for c in CLIPS if not c.exists()]
+    if missing:
+        pytest.fail(f"speech assets missing (apt-get install pocketsphinx-testdata asterisk-core-sounds-en-wav): {missing}")
+    return load_whisper("base")
+
+
+@pytest.fixture(scope="module")
+def audio():
+    return [load_audio(c) for c in CLIPS]
+
+
+@pytest.fixture(scope="module")
+def reference(base, audio):
+    """transformers' greedy generate, one clip at a time: the target's own output."""
+    eot = base.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids = []
+    for samples in audio:
+        features = base.feature_extractor(samples, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.inference_mode():
+            out = base.model.generate(features, language="en", task="transcribe")[0].tolist()
+        ids.append(tuple(t for t in out if t < eot))
+    return ids
+
+
+def test_the_reference_transcribes_the_librivox_clips_correctly(base, reference):
+    truth = {}
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        text, utt = line.rsplit("(", 1)
+        truth[utt.strip(") ")] = text.replace("<s>", "").replace("</s>", "").strip()
+    for clip, ids in zip(CLIPS[:3], reference):
+        hypothesis = _words(base.tokenizer.decode(list(ids)))
+        assert jiwer.wer(truth[clip.stem], hypothesis) < 0.15, hypothesis
+
+
+DRAFTS = {
+    "none": lambda base: None,
+    "shared-encoder (target's layers 0 and 5)": lambda base: resolve_draft("layers:0,5", base),
+    "separate-encoder (a copy of the target)": lambda base: SeparateEncoderDraft(base),
+    "cross-tokenizer (tiny.en)": lambda base: CrossTokenizerDraft(load_whisper("tiny.en"), base.tokenizer),
+}
+
+
+@pytest.mark.parametrize("kind", list(DRAFTS))
+def test_every_draft_kind_gives_the_targets_own_tokens_on_a_batch_of_real_clips(kind, base, audio, reference):
+    engine = SpeculativeWhisper(base, DRAFTS[kind](base))
+    windows = engine.decode_windows(audio, WindowOptions(language="en", draft_length=5))
+    assert [w.tokens for w in windows] == reference
+    total_drafted = sum(w.stats.drafted for w in windows)
+    if kind == "none":
+        assert total_drafted == 0
+    else:
+        assert total_drafted > 0
+        saved = sum(len(r) + 1 for r in reference) - sum(w.stats.target_calls for w in windows)
+        if not kind.startswith("shared"):  # an untrained two-layer draft may save nothing; the others must
+            assert saved > 0
+
+
+def test_fixed_draft_lengths_one_to_eight_stay_lossless(base, audio, reference):
+    engine = SpeculativeWhisper(base, CrossTokenizerDraft(load_whisper("tiny.en"), base.tokenizer))
+    for k in (1, 3, 8):
+        windows = engine.decode_windows(audio[:2], WindowOptions(language="en", draft_length=k, adaptive_draft_length=False))
+        assert [w.tokens for w in windows] == reference[:2], f"k={k}"
+
+
+def test_one_clip_alone_equals_the_same_clip_in_a_batch(base, audio, reference):
+    engine = SpeculativeWhisper(base, resolve_draft("layers:0,5", base))
+    alone = engine.decode_windows(audio[2:3], WindowOptions(language="en"))
+    assert alone[0].tokens == reference[2]
+
+
+def test_english_only_target_matches_transformers(audio):
+    tiny = load_whisper("tiny.en")
+    eot = tiny.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    features = tiny.feature_extractor(audio[0], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        expected = tuple(t for t in tiny.model.generate(features)[0].tolist() if t < eot)
+    engine = SpeculativeWhisper(tiny, resolve_draft("layers:0,3", tiny))
+    assert engine.decode_windows(audio[:1])[0].tokens == expected
