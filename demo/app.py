@@ -19,6 +19,7 @@ import gradio as gr
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from demo.provenance import Source, observe_rounds, token_sources
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
@@ -92,8 +93,8 @@ def compare(samples: np.ndarray, preset: str, config: DemoConfig) -> SpeechCompa
     target, draft = resolve_models(preset, None, "default")
     try:
         with observe_rounds() as rounds:
-            speculative = transcribe(samples, target, draft, device=config.device)
-        baseline = transcribe(samples, target, None, device=config.device)
+            speculative = transcribe(samples, target, draft, device=config.device, timestamps=True)
+        baseline = transcribe(samples, target, None, device=config.device, timestamps=True)
     except OSError as error:  # a hub checkpoint on a machine without the hub, a missing cache
         raise UserError(f"The models of preset “{preset}” could not be loaded here: {error}") from error
     tokenizer = load_pipeline(target, None, config.device).target.tokenizer
@@ -105,10 +106,12 @@ def compare(samples: np.ndarray, preset: str, config: DemoConfig) -> SpeechCompa
 
 def _pieces(tokenizer, tokens: Sequence[int], sources: Sequence[Source]) -> tuple[tuple[str, Source], ...]:
     """Each token's share of the decoded text (decoding prefixes keeps multi-byte characters whole)."""
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     pieces = []
     text_so_far = ""
     for i, source in enumerate(sources):
-        text = tokenizer.decode(list(tokens[: i + 1]), skip_special_tokens=True)
+        # every id from end-of-text up is a special token (timestamps included): no text of its own
+        text = tokenizer.decode([t for t in tokens[: i + 1] if t < eot])
         if text != text_so_far and text.startswith(text_so_far):
             pieces.append((text[len(text_so_far):], source))
             text_so_far = text
@@ -154,13 +157,31 @@ def histogram_figure(result: Transcription) -> Figure | None:
     axes.set_xticks(range(0, max(lengths) + 1))
     axes.set_xlabel("draft tokens accepted in a round")
     axes.set_ylabel("rounds")
+    axes.set_ylim(0, max(counts) * 1.15)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title("Accepted-length histogram", fontsize=10)
     return figure
 
 
-SEGMENTS_PENDING = ("Segments with timestamps and srt/vtt/json downloads come with long-form transcription "
-                    "(issue 3), which is **not in this build yet**.")
+SEGMENT_HEADERS = ["start", "end", "text"]
+DOWNLOADS_PENDING = ("Subtitle and JSON downloads (srt/vtt/json) need the output writers of issue 3 "
+                     "(`whisper_spec.output_formats`), which are **not in this build yet**.")
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{seconds:05.2f}"
+
+
+def segment_rows(result: Transcription) -> list[list[str]]:
+    return [[_clock(s.start), _clock(s.end), s.text.strip()] for s in result.segments]
+
+
 TEXT_PENDING = ("Text generation with a draft (issue 5, `whisper_spec.generate`) is **not in this build yet**; "
                 "this tab will run it when it lands.")
+
+
+EMPTY_SPEECH_OUTPUTS = ("", "", "", "", "", None, "", None, [])  # everything after the status line
 
 
 def run_speech(audio_path: str | None, preset: str, config: DemoConfig):
@@ -168,11 +189,11 @@ def run_speech(audio_path: str | None, preset: str, config: DemoConfig):
     try:
         comparison = compare(checked_audio(audio_path, config), preset, config)
     except UserError as error:
-        return (f"⚠️ {error}", "", "", "", "", "", None, "", None)
+        return (f"⚠️ {error}",) + EMPTY_SPEECH_OUTPUTS
     except Exception:  # the page must keep serving; the traceback goes to the server log
         log.exception("transcription failed")
         return ("⚠️ Something went wrong while transcribing this file; the details are in the server log.",
-                "", "", "", "", "", None, "", None)
+                ) + EMPTY_SPEECH_OUTPUTS
     spec = comparison.speculative
     pieces = ([(text, source.value) for text, source in comparison.pieces] if comparison.pieces is not None
               else [("(per-token provenance unavailable for this decode)", None)])
@@ -180,7 +201,8 @@ def run_speech(audio_path: str | None, preset: str, config: DemoConfig):
             verdict_html(comparison),
             spec.text, timing_markdown(spec),
             comparison.baseline.text, timing_markdown(comparison.baseline),
-            pieces, acceptance_markdown(spec), histogram_figure(spec))
+            pieces, acceptance_markdown(spec), histogram_figure(spec), segment_rows(spec))
+
 
 
 def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
@@ -213,15 +235,18 @@ def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
                     tokens = gr.HighlightedText(label="How each token was produced", color_map=COLORS,
                                                 show_legend=True, show_inline_category=False, elem_id="tokens")
                     acceptance = gr.Markdown(elem_id="acceptance")
-                histogram = gr.Plot(label="Accepted-length histogram", format="png", elem_id="histogram", scale=2)
-            with gr.Accordion("Segments and subtitles", open=False):
-                gr.Markdown(SEGMENTS_PENDING, elem_id="segments-status")
+                histogram = gr.Plot(label="Accepted-length histogram", show_label=False, format="png",
+                                    elem_id="histogram", scale=2)
+            with gr.Accordion("Segments and subtitles", open=True):
+                segments = gr.Dataframe(headers=SEGMENT_HEADERS, column_count=3, interactive=False,
+                                        label="Segments (speculative run)", elem_id="segments", wrap=True)
+                gr.Markdown(DOWNLOADS_PENDING, elem_id="downloads-status")
         with gr.Tab("Text"):
             gr.Markdown(TEXT_PENDING, elem_id="text-status")
 
         button.click(lambda path, name: run_speech(path, name, config), inputs=[audio, preset],
                      outputs=[status, verdict, spec_text, spec_timing, base_text, base_timing, tokens, acceptance,
-                              histogram],
+                              histogram, segments],
                      concurrency_limit=config.concurrency_limit, concurrency_id="models")
     app.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency_limit)
     return app

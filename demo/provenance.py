@@ -63,18 +63,20 @@ def observe_rounds() -> Iterator[RoundLog]:
 def token_sources(log: RoundLog, tokens: Sequence[int], dropped_ids: Sequence[int] = ()) -> tuple[Source, ...] | None:
     """One ``Source`` per token of ``tokens``, or None when the recorded rounds do not spell them.
 
-    Rounds are read in decode order (call by call, row by row). Within a round every token but the last
-    is an accepted draft token; the last is the target's own (or a stop token the transcript leaves
-    out). ``dropped_ids`` are ids the transcript omits (end-of-text).
+    Within a round every token but the last is an accepted draft token; the last is the target's own
+    (or a stop token the transcript leaves out: ``dropped_ids``). Each decoded window (one row of one
+    call, in decode order) contributes a prefix of what it committed: long-form transcription keeps a
+    window's text up to its last complete timestamp and decodes the rest again in the next window.
     """
     dropped = frozenset(dropped_ids)
-    committed: list[tuple[int, Source]] = []
+    sources: list[Source] = []
     for rounds in log.calls:
         for row in sorted(rounds):
-            for new_tokens in rounds[row]:
-                last = len(new_tokens) - 1
-                committed.extend((t, Source.TARGET if i == last else Source.DRAFT)
-                                 for i, t in enumerate(new_tokens) if t not in dropped)
-    if [t for t, _ in committed] != list(tokens):
-        return None
-    return tuple(source for _, source in committed)
+            committed = [(t, Source.TARGET if i == len(new) - 1 else Source.DRAFT)
+                         for new in rounds[row] for i, t in enumerate(new) if t not in dropped]
+            for token, source in committed:
+                position = len(sources)
+                if position == len(tokens) or tokens[position] != token:
+                    break
+                sources.append(source)
+    return tuple(sources) if len(sources) == len(tokens) else None

@@ -155,6 +155,8 @@ def test_real_clip_gives_identical_transcripts_side_by_side(page):
     token_text = page.locator("#tokens").inner_text()
     assert "accepted draft token" in token_text and "target's own token" in token_text
     assert page.locator("#histogram img, #histogram canvas, #histogram svg").count() >= 1
+    segments = page.locator("#segments").inner_text()
+    assert "00:00.00" in segments and "Dashwood" in segments, segments
 
 
 @pytest.mark.browser
