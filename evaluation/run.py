@@ -1,0 +1,358 @@
+"""An evaluation run: manifest entries x configurations -> one record per (file, configuration).
+
+A configuration is a decoder of one of two kinds on a target with an optional draft:
+
+- ``ours:TARGET[+DRAFT]``: ``whisper_spec.transcribe`` (the package's one public entry point); without a
+  draft it is the baseline, the target's plain greedy decoding through the same engine.
+- ``transformers:TARGET[+DRAFT]``: transformers' ``generate`` on the same loaded target; with a draft,
+  its assisted generation (see ``evaluation.peers``).
+
+Timing discipline: every configuration is loaded, then warmed up on the first file, before any clock
+is read; the timed calls are interleaved file by file (the order of configurations rotates from file to
+file), so that a burst of load on a shared machine hits all configurations alike; with repeats, the
+median time of a (file, configuration) is kept. On a GPU the clock is read after synchronising.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from evaluation.manifests import ManifestEntry
+from evaluation.metrics import ErrorCounts, char_errors, word_errors
+from evaluation.peers import TransformersPeer, UnsupportedPairError
+from whisper_spec.audio import SAMPLE_RATE, load_audio
+from whisper_spec.core.stats import synchronize
+from whisper_spec.transcribe import load_pipeline, transcribe
+from whisper_spec.whisper.features import WINDOW_SECONDS
+
+ENGINES = ("ours", "transformers")
+# the offline pairs: the baseline, our three draft kinds, and both transformers peers
+DEFAULT_CONFIGURATIONS = (
+    "ours:base",
+    "ours:base+tiny.en",  # cross-tokenizer draft (English-only tiny.en, another vocabulary)
+    "ours:base+layers:0,5",  # shared encoder: base's own first and last decoder layers
+    "ours:base+base",  # same tokenizer: the one pair transformers' assisted generation supports here
+    "transformers:base",
+    "transformers:base+base",
+)
+_RSS_SAMPLE_SECONDS = 0.002  # how often the CPU memory probe reads the resident set size
+
+
+@dataclass(frozen=True)
+class Configuration:
+    engine: str  # "ours" or "transformers"
+    target: str  # a name load_whisper resolves
+    draft: str | None  # a draft spec resolve_draft understands; None: the target alone
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine}:{self.target}" + (f"+{self.draft}" if self.draft else "")
+
+    @property
+    def is_baseline(self) -> bool:
+        """Ours without a draft: the reference for speed-up and token parity."""
+        return self.engine == "ours" and self.draft is None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Configuration":
+        """``ENGINE:TARGET[+DRAFT]``, e.g. ``ours:base+layers:0,5`` or ``transformers:base+base``."""
+        engine, sep, models = spec.partition(":")
+        if not sep or engine not in ENGINES or not models:
+            raise ValueError(f"configuration {spec!r}: expected ENGINE:TARGET[+DRAFT] with ENGINE one of "
+                             f"{', '.join(ENGINES)}, e.g. ours:base+tiny.en")
+        target, _, draft = models.partition("+")
+        if not target or (_ and not draft):
+            raise ValueError(f"configuration {spec!r}: empty target or draft name")
+        return cls(engine, target, draft or None)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    draft_length: int = 6  # the most draft tokens per round (ours; transformers' initial assistant length)
+    adaptive_draft_length: bool = True  # ours: choose k from measured acceptance and costs
+    repeats: int = 1  # timed calls per (file, configuration); the median is kept
+    warmup: bool = True  # one untimed call per configuration before timing
+    device: str = "cpu"
+    dtype: torch.dtype | None = None  # default float16 on CUDA, float32 on CPU
+    measure_memory: bool = True  # probe peak memory during each timed call
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.draft_length < 1:
+            raise ValueError(f"draft_length must be at least 1, got {self.draft_length}")
+
+    @property
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            return self.dtype
+        return torch.float16 if torch.device(self.device).type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class ConfigurationStatus:
+    """Whether a configuration ran, and what loading it cost."""
+
+    configuration: Configuration
+    supported: bool
+    reason: str | None = None  # why not, when unsupported
+    load_seconds: float = 0.0
+    weight_bytes: int = 0  # parameters of every distinct model it runs (a shared module counted once)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One configuration on one file."""
+
+    configuration: str  # Configuration.name
+    file_id: str
+    audio_seconds: float
+    reference: str
+    text: str
+    tokens: tuple[int, ...]  # generated target ids (prompt and end-of-text excluded)
+    seconds: float  # compute seconds, samples in -> text out (median of the repeats)
+    repeat_seconds: tuple[float, ...]  # every timed call
+    peak_memory_bytes: int  # see RunEnvironment.memory_measure
+    target_calls: int
+    draft_calls: int
+    rounds: int = 0  # ours only: draft/verify rounds
+    drafted: int = 0  # ours only
+    accepted: int = 0  # ours only
+    word_errors: ErrorCounts = field(default_factory=ErrorCounts)  # after Whisper's English normaliser
+    char_errors: ErrorCounts = field(default_factory=ErrorCounts)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    file_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunEnvironment:
+    device: str
+    dtype: str
+    torch_version: str
+    torch_threads: int
+    cpu_count: int
+    platform: str
+    memory_measure: str  # what peak_memory_bytes means on this device
+    started_utc: str
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    options: EvalOptions
+    environment: RunEnvironment
+    statuses: tuple[ConfigurationStatus, ...]
+    records: tuple[FileRecord, ...]
+    skipped: tuple[SkippedFile, ...]
+    manifest_names: tuple[str, ...]  # what the files came from (for the report's header)
+
+
+@dataclass(frozen=True)
+class _Output:
+    tokens: tuple[int, ...]
+    text: str
+    target_calls: int
+    draft_calls: int
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+
+class _OursRunner:
+    def __init__(self, configuration: Configuration, options: EvalOptions):
+        self.configuration = configuration
+        self.options = options
+        engine = load_pipeline(configuration.target, configuration.draft, options.device, options.resolved_dtype)
+        # a draft holds its own checkpoint (separate encoder, other tokenizer) or a decoder module (shared
+        # encoder); either way its parameters are what it adds to the target's
+        draft_parts = [getattr(engine.draft, "checkpoint", None), getattr(engine.draft, "decoder", None)]
+        self.models = [engine.target.model] + [part.model if hasattr(part, "model") else part
+                                               for part in draft_parts if part is not None]
+
+    def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
+        options = self.options
+        result = transcribe(samples, self.configuration.target, self.configuration.draft, device=options.device,
+                            dtype=options.resolved_dtype, language=language, draft_length=options.draft_length,
+                            adaptive_draft_length=options.adaptive_draft_length)
+        stats = result.stats
+        return _Output(result.tokens, result.text, stats.target_calls, stats.draft_calls,
+                       stats.rounds, stats.drafted, stats.accepted)
+
+
+class _PeerRunner:
+    def __init__(self, configuration: Configuration, options: EvalOptions):
+        self.peer = TransformersPeer(configuration.target, configuration.draft, device=options.device,
+                                     dtype=options.resolved_dtype, draft_length=options.draft_length)
+        self.models = [self.peer.checkpoint.model] + ([self.peer.assistant] if self.peer.assistant is not None else [])
+
+    def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
+        out = self.peer.transcribe(samples, language)
+        return _Output(out.tokens, out.text, out.target_calls, out.draft_calls)
+
+
+class MemoryProbe:
+    """Peak memory of the work inside ``with``: on CUDA the allocator's peak; on CPU the largest growth of
+    the process's resident set above its level at entry, sampled by a thread (weights already loaded
+    are not counted: ``ConfigurationStatus.weight_bytes`` has them)."""
+
+    def __init__(self, device: str, enabled: bool = True):
+        self.cuda = torch.device(device).type == "cuda"
+        self.enabled = enabled
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def describe(device: str) -> str:
+        if torch.device(device).type == "cuda":
+            return "torch.cuda.max_memory_allocated during the call"
+        return "growth of the process's resident memory during the call (sampled every 2 ms; weights excluded)"
+
+    def __enter__(self) -> "MemoryProbe":
+        if not self.enabled:
+            return self
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._start = _resident_bytes()
+            self._peak = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(_RSS_SAMPLE_SECONDS):
+            self._peak = max(self._peak, _resident_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        if self.cuda:
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self._peak, _resident_bytes()) - self._start
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _weight_bytes(models: Sequence[torch.nn.Module]) -> int:
+    seen: dict[int, int] = {}
+    for model in models:
+        for parameter in model.parameters():
+            seen[parameter.data_ptr()] = parameter.numel() * parameter.element_size()
+    return sum(seen.values())
+
+
+def run_evaluation(
+    entries: Sequence[ManifestEntry],
+    configurations: Sequence[Configuration],
+    options: EvalOptions = EvalOptions(),
+    *,
+    manifest_names: Sequence[str] = (),
+    on_step: Callable[[str], None] | None = None,
+) -> EvalRun:
+    """Run every supported configuration on every entry and record what each produced and cost.
+
+    Args:
+        entries: the files (each at most one 30-s window; longer files are skipped and listed).
+        configurations: what to compare; names must be distinct.
+        options: decoding and timing options shared by all configurations.
+        manifest_names: where the entries came from, for the report.
+        on_step: called after every decode (warm-up included) with a short label, for a progress bar.
+    """
+    names = [c.name for c in configurations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"configurations must be distinct, got {names}")
+    if not entries:
+        raise ValueError("no files to evaluate: the manifests are empty")
+    started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run_started = time.perf_counter()
+
+    files, skipped = [], []
+    for index, entry in enumerate(entries):
+        file_id = entry.id or f"{index:05d}:{entry.audio.name}"
+        samples = load_audio(entry.audio)
+        if samples.size == 0 or samples.size > WINDOW_SECONDS * SAMPLE_RATE:
+            skipped.append(SkippedFile(file_id, f"{samples.size / SAMPLE_RATE:.1f} s: not within one 30-s window"))
+            continue
+        files.append((file_id, entry, samples))
+    if not files:
+        raise ValueError("no file fits one 30-s window; nothing to evaluate")
+
+    statuses, runners = [], {}
+    for configuration in configurations:
+        began = time.perf_counter()
+        try:
+            runner = (_OursRunner if configuration.engine == "ours" else _PeerRunner)(configuration, options)
+        except UnsupportedPairError as error:
+            statuses.append(ConfigurationStatus(configuration, False, str(error)))
+            continue
+        runners[configuration.name] = runner
+        statuses.append(ConfigurationStatus(configuration, True, None, time.perf_counter() - began,
+                                            _weight_bytes(runner.models)))
+
+    if options.warmup:
+        file_id, entry, samples = files[0]
+        for name, runner in runners.items():
+            runner(samples, entry.language)
+            if on_step:
+                on_step(f"warm-up {name}")
+
+    order = list(runners)
+    records = []
+    for position, (file_id, entry, samples) in enumerate(files):
+        rotated = order[position % len(order):] + order[: position % len(order)]
+        for name in rotated:
+            records.append(_timed(name, runners[name], file_id, entry, samples, options, on_step))
+
+    environment = RunEnvironment(
+        device=options.device, dtype=str(options.resolved_dtype).removeprefix("torch."),
+        torch_version=torch.__version__, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count() or 0,
+        platform=platform.platform(), memory_measure=MemoryProbe.describe(options.device),
+        started_utc=started_utc, wall_seconds=time.perf_counter() - run_started)
+    ordered = sorted(records, key=lambda r: (names.index(r.configuration), r.file_id))
+    return EvalRun(options, environment, tuple(statuses), tuple(ordered), tuple(skipped), tuple(manifest_names))
+
+
+def _timed(name, runner, file_id, entry, samples, options: EvalOptions, on_step) -> FileRecord:
+    seconds, peaks = [], []
+    output = None
+    for _ in range(options.repeats):
+        with MemoryProbe(options.device, options.measure_memory) as probe:
+            synchronize(options.device)
+            start = time.perf_counter()
+            output = runner(samples, entry.language)
+            synchronize(options.device)
+            seconds.append(time.perf_counter() - start)
+        peaks.append(probe.peak_bytes)
+        if on_step:
+            on_step(f"{name} {file_id}")
+    return FileRecord(
+        configuration=name, file_id=file_id, audio_seconds=samples.size / SAMPLE_RATE, reference=entry.text,
+        text=output.text, tokens=output.tokens, seconds=statistics.median(seconds), repeat_seconds=tuple(seconds),
+        peak_memory_bytes=max(peaks), target_calls=output.target_calls, draft_calls=output.draft_calls,
+        rounds=output.rounds, drafted=output.drafted, accepted=output.accepted,
+        word_errors=word_errors(entry.text, output.text), char_errors=char_errors(entry.text, output.text))
+

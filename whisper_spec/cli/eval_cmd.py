@@ -1,0 +1,150 @@
+"""``whisper-spec eval``: WER, token parity, latency and speed-up of ours and the transformers peers,
+on manifests of real speech, written as report.md, report.json and PNG plots; optionally the timing mode
+(random weights of the production architectures, oracle draft)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_ALLISON = 40  # Allison prompts in the default set: with LibriVox it fits 15 minutes on 2 CPU cores
+
+
+def add_parser(subparsers) -> None:
+    from evaluation.run import DEFAULT_CONFIGURATIONS
+
+    parser = subparsers.add_parser(
+        "eval", help="measure WER, parity, latency and speed-up against the baseline and transformers",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data (with none of these: --librivox and --allison %d)" % DEFAULT_ALLISON)
+    data.add_argument("--manifest", action="append", default=[], metavar="JSONL",
+                      help="a manifest file (JSON lines: audio, text, optional id and language); repeatable")
+    data.add_argument("--librivox", action="store_true",
+                      help="add the 5 LibriVox clips of the Debian package pocketsphinx-testdata")
+    data.add_argument("--allison", type=int, default=None, metavar="N",
+                      help="add the first N of Allison's telephone prompts (Debian asterisk-core-sounds-en[-wav])")
+    data.add_argument("--limit", type=int, default=None, metavar="N",
+                      help="keep only the first N files of all the data selected")
+    parser.add_argument("--config", action="append", default=None, metavar="ENGINE:TARGET[+DRAFT]",
+                        help="a configuration to run, e.g. ours:base+tiny.en or transformers:base+base; repeatable "
+                             f"(default: {' '.join(DEFAULT_CONFIGURATIONS)})")
+    parser.add_argument("--out", default="eval-report", help="folder for report.md, report.json and the plots")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed calls per file and configuration; the median is reported")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the untimed warm-up call of each configuration")
+    parser.add_argument("--draft-length", type=int, default=6,
+                        help="the most draft tokens per round (transformers: the assistant's initial length)")
+    parser.add_argument("--fixed-draft-length", action="store_true",
+                        help="always draft --draft-length tokens (ours) instead of adapting it to acceptance")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="model precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="do not probe peak memory during the timed calls")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+    timing = parser.add_argument_group("timing mode: random weights of the real architectures, oracle draft")
+    timing.add_argument("--timing", action="store_true",
+                        help="also run the timing mode and add its table and chart to the report")
+    timing.add_argument("--timing-only", action="store_true",
+                        help="run only the timing mode (no speech, no manifests)")
+    timing.add_argument("--timing-architecture", default="large-v3",
+                        help="shapes to build: large-v3 (with distil-large-v3 as draft) or tiny (for tests)")
+    timing.add_argument("--timing-probabilities", default="0.5,0.6,0.7,0.8,0.9,0.95",
+                        help="comma-separated chances that each oracle draft token is right")
+    timing.add_argument("--timing-tokens", type=int, default=128, help="tokens decoded per window")
+    timing.add_argument("--timing-batch", type=int, default=1, help="windows decoded together")
+    timing.add_argument("--timing-repeats", type=int, default=3, help="timed decodes per point (median kept)")
+    parser.set_defaults(func=run)
+
+
+def _entries(args):
+    from evaluation.manifests import allison_manifest, librivox_manifest, read_manifest
+
+    names, entries = [], []
+    allison = args.allison
+    if not (args.manifest or args.librivox or allison):
+        args.librivox, allison = True, DEFAULT_ALLISON
+    if args.librivox:
+        entries += librivox_manifest()
+        names.append("LibriVox (pocketsphinx-testdata, 5 clips)")
+    if allison:
+        chosen = allison_manifest(limit=allison)
+        entries += chosen
+        names.append(f"Allison prompts (asterisk-core-sounds-en, first {len(chosen)})")
+    for path in args.manifest:
+        entries += read_manifest(path)
+        names.append(str(path))
+    if args.limit is not None:
+        entries = entries[: args.limit]
+    return entries, names
+
+
+def _timing_options(args):
+    import torch
+
+    from evaluation.gpu_timing import TimingOptions
+
+    try:
+        probabilities = tuple(float(p) for p in args.timing_probabilities.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"--timing-probabilities: expected numbers like 0.5,0.9, got {args.timing_probabilities!r}")
+    return TimingOptions(
+        architecture=args.timing_architecture, probabilities=probabilities, new_tokens=args.timing_tokens,
+        batch_size=args.timing_batch, draft_length=args.draft_length,
+        adaptive_draft_length=not args.fixed_draft_length, repeats=args.timing_repeats, device=args.device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None)
+
+
+def run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from evaluation.gpu_timing import plot_timing, run_timing, timing_table
+    from evaluation.report import summarize, summary_table, write_report
+    from evaluation.run import DEFAULT_CONFIGURATIONS, Configuration, EvalOptions, run_evaluation
+
+    # the command line as typed, for the report (None when called from Python with another argv)
+    command = "whisper-spec " + shlex.join(sys.argv[sys.argv.index("eval"):]) if "eval" in sys.argv else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        configurations = [Configuration.parse(spec) for spec in (args.config or DEFAULT_CONFIGURATIONS)]
+        options = EvalOptions(
+            draft_length=args.draft_length, adaptive_draft_length=not args.fixed_draft_length, repeats=args.repeats,
+            warmup=not args.no_warmup, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
+            measure_memory=not args.no_memory)
+        timing_options = _timing_options(args) if (args.timing or args.timing_only) else None
+    except ValueError as error:
+        print(f"whisper-spec eval: {error}", file=sys.stderr)
+        return 2
+
+    timing = None
+    if timing_options is not None:
+        with tqdm(total=1 + len(timing_options.probabilities), desc="timing mode", disable=args.no_progress) as bar:
+            timing = run_timing(timing_options, on_step=lambda label: (bar.set_postfix_str(label), bar.update()))
+        print(timing_table(timing))
+        if args.timing_only:
+            from pathlib import Path
+
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            print(f"chart: {plot_timing(timing, Path(args.out) / 'timing_speedup_vs_acceptance.png')}")
+            return 0
+
+    entries, names = _entries(args)
+    steps = len(configurations) * (len(entries) * options.repeats + int(options.warmup))
+    with tqdm(total=steps, desc="eval", unit="decode", disable=args.no_progress) as bar:
+        def step(label: str) -> None:
+            bar.set_postfix_str(label[-40:])
+            bar.update()
+
+        result = run_evaluation(entries, configurations, options, manifest_names=names, on_step=step)
+    paths = write_report(result, args.out, command=command, timing=timing)
+    report = summarize(result)
+    print(summary_table(report))
+    print(report.fastest_note)
+    print(f"report: {paths['markdown']} (and report.json, plots) in {args.out}")
+    return 0
