@@ -1,0 +1,66 @@
+"""The public entry point on the bundled clip: right words, statistics, baseline parity, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import whisper_spec
+from whisper_spec import transcribe
+from whisper_spec.audio import AudioLoadError
+
+EXAMPLE = Path(whisper_spec.__file__).parent / "examples" / "sense_and_sensibility_0870.wav"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads():
+    torch.set_num_threads(2)
+
+
+def test_the_default_pipeline_prints_the_right_words_and_the_statistics():
+    result = transcribe(EXAMPLE, language="en")
+    words = result.text.lower()
+    for word in ("dashwood", "leisure", "prudently", "power"):
+        assert word in words
+    stats = result.stats
+    assert result.language == "en" and result.target == "base" and result.draft == "tiny.en"
+    assert stats.tokens == len(result.tokens) + 1  # the end-of-text token is generated, not shown
+    assert stats.drafted > 0 and 0 < stats.accepted <= stats.drafted
+    assert stats.target_calls < stats.tokens  # speculation saved target forward passes
+    assert stats.draft_calls > 0 and stats.encoder_seconds > 0 and stats.verify_seconds > 0
+    assert stats.wall_seconds >= stats.encoder_seconds + stats.verify_seconds
+    assert 6.5 < result.audio_seconds < 7.5
+    assert "target calls" in stats.summary()
+
+
+def test_the_baseline_gives_the_same_tokens_with_one_target_call_per_token():
+    speculative = transcribe(EXAMPLE, language="en")
+    baseline = transcribe(EXAMPLE, draft=None, language="en")
+    assert baseline.tokens == speculative.tokens
+    assert baseline.stats.drafted == 0 and baseline.stats.target_calls == baseline.stats.tokens
+
+
+def test_language_is_detected_for_a_multilingual_target():
+    assert transcribe(EXAMPLE, draft=None).language == "en"
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("missing.wav", None, "no such file"),
+    ("empty.wav", b"", "empty"),
+    ("notes.wav", b"this is not audio\n" * 20, ""),
+])
+def test_bad_files_raise_an_error_that_names_the_file(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AudioLoadError) as error:
+        transcribe(path)
+    message = str(error.value)
+    assert str(path) in message and reason in message.lower()
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        transcribe(EXAMPLE, preset="huge")
