@@ -10,10 +10,14 @@ accepted from the draft, and the accepted-length histogram.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import queue
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import gradio as gr
 import numpy as np
@@ -23,7 +27,12 @@ from matplotlib.ticker import MaxNLocator
 
 from demo.provenance import Source, observe_rounds, token_sources
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from whisper_spec.core.stats import SpeculationStats
+from whisper_spec.generate import DEFAULT_DRAFTS, Generation, generate
+from whisper_spec.output_formats import write_outputs
 from whisper_spec.presets import DEFAULT_PRESET, PRESETS
+from whisper_spec.text.checkpoints import bundled_text_models
+from whisper_spec.text.drafts import PROMPT_LOOKUP
 from whisper_spec.transcribe import Transcription, load_pipeline, resolve_models, transcribe
 
 log = logging.getLogger("demo")
@@ -44,6 +53,8 @@ class DemoConfig:
     concurrency_limit: int = 1  # decodes run one at a time (the models are shared); others wait in the queue
     max_queue: int = 16  # requests beyond this many waiting are turned away with a message
     default_preset: str = DEFAULT_PRESET
+    default_text_model: str = "smollm2-135m"  # the smallest bundled text LLM: quick to load on a CPU
+    max_new_tokens: int = 128  # upper end of the text tab's length slider
     device: str = "cpu"
 
 
@@ -125,32 +136,32 @@ def timing_markdown(result: Transcription) -> str:
             f"{result.real_time_factor:.2f} · {len(result.tokens)} tokens in {result.stats.target_calls} target passes")
 
 
-def verdict_html(comparison: SpeechComparison) -> str:
-    spec, base = comparison.speculative.tokens, comparison.baseline.tokens
-    if comparison.identical:
+def verdict_html(speculative: Sequence[int], baseline: Sequence[int], speed_up: float) -> str:
+    """The identical-mark (token ids compared) and the speed-up, in one line."""
+    if tuple(speculative) == tuple(baseline):
         mark = ('<span class="badge same">✓ Identical</span> the speculative token ids equal the baseline\'s '
-                f'({len(spec)} tokens)')
+                f'({len(speculative)} tokens)')
     else:
-        first = next((i for i, (a, b) in enumerate(zip(spec, base)) if a != b), min(len(spec), len(base)))
+        first = next((i for i, (a, b) in enumerate(zip(speculative, baseline)) if a != b),
+                     min(len(speculative), len(baseline)))
         mark = ('<span class="badge differ">✗ Different</span> the token ids differ from token '
-                f'{first} on ({len(spec)} vs {len(base)} tokens)')
-    return (f'<div class="verdict">{mark}<span class="speedup">speed-up <b>{comparison.speed_up:.2f}×</b> '
+                f'{first} on ({len(speculative)} vs {len(baseline)} tokens)')
+    return (f'<div class="verdict">{mark}<span class="speedup">speed-up <b>{speed_up:.2f}×</b> '
             '(baseline wall time / speculative wall time)</span></div>')
 
 
-def acceptance_markdown(result: Transcription) -> str:
-    stats = result.stats
-    if result.draft is None:
-        return "This preset has no draft: both columns are the target alone."
+def acceptance_markdown(stats: SpeculationStats, draft: str | None) -> str:
+    if draft is None:
+        return "No draft: both columns are the target alone."
     return (f"**Acceptance** {stats.acceptance_rate:.0%} ({stats.accepted} of {stats.drafted} draft tokens) · "
-            f"**mean accepted per round** {stats.mean_accepted_length:.2f} · draft: `{result.draft}`")
+            f"**mean accepted per round** {stats.mean_accepted_length:.2f} · draft: `{draft}`")
 
 
-def histogram_figure(result: Transcription) -> Figure | None:
+def histogram_figure(stats: SpeculationStats) -> Figure | None:
     """Bar chart: how many rounds accepted n draft tokens."""
-    if not result.stats.accepted_lengths:
+    if not stats.accepted_lengths:
         return None
-    lengths, counts = zip(*result.stats.accepted_lengths)
+    lengths, counts = zip(*stats.accepted_lengths)
     figure = Figure(figsize=(4.2, 2.4), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.bar(lengths, counts, color=COLORS[Source.DRAFT.value])
@@ -164,8 +175,7 @@ def histogram_figure(result: Transcription) -> Figure | None:
 
 
 SEGMENT_HEADERS = ["start", "end", "text"]
-DOWNLOADS_PENDING = ("Subtitle and JSON downloads (srt/vtt/json) need the output writers of issue 3 "
-                     "(`whisper_spec.output_formats`), which are **not in this build yet**.")
+DOWNLOAD_FORMATS = ("srt", "vtt", "json")
 
 
 def _clock(seconds: float) -> str:
@@ -177,14 +187,16 @@ def segment_rows(result: Transcription) -> list[list[str]]:
     return [[_clock(s.start), _clock(s.end), s.text.strip()] for s in result.segments]
 
 
-TEXT_PENDING = ("Text generation with a draft (issue 5, `whisper_spec.generate`) is **not in this build yet**; "
-                "this tab will run it when it lands.")
+def subtitle_files(result: Transcription, name: str, downloads: Path) -> list[str]:
+    """The transcript as srt, vtt and json files named after the upload, in a fresh folder under ``downloads``."""
+    folder = Path(tempfile.mkdtemp(dir=downloads))
+    return [str(path) for path in write_outputs(result, folder / (Path(name).stem or "transcript"), DOWNLOAD_FORMATS)]
 
 
-EMPTY_SPEECH_OUTPUTS = ("", "", "", "", "", None, "", None, [])  # everything after the status line
+EMPTY_SPEECH_OUTPUTS = ("", "", "", "", "", None, "", None, [], None)  # everything after the status line
 
 
-def run_speech(audio_path: str | None, preset: str, config: DemoConfig):
+def run_speech(audio_path: str | None, preset: str, config: DemoConfig, downloads: Path):
     """The Transcribe button: every output of the speech tab, or a friendly message and empty outputs."""
     try:
         comparison = compare(checked_audio(audio_path, config), preset, config)
@@ -198,10 +210,76 @@ def run_speech(audio_path: str | None, preset: str, config: DemoConfig):
     pieces = ([(text, source.value) for text, source in comparison.pieces] if comparison.pieces is not None
               else [("(per-token provenance unavailable for this decode)", None)])
     return (f"Transcribed {spec.audio_seconds:.1f} s of audio ({spec.language}) with preset “{preset}”.",
-            verdict_html(comparison),
+            verdict_html(spec.tokens, comparison.baseline.tokens, comparison.speed_up),
             spec.text, timing_markdown(spec),
             comparison.baseline.text, timing_markdown(comparison.baseline),
-            pieces, acceptance_markdown(spec), histogram_figure(spec), segment_rows(spec))
+            pieces, acceptance_markdown(spec.stats, spec.draft), histogram_figure(spec.stats), segment_rows(spec),
+            subtitle_files(spec, Path(audio_path).name, downloads))
+
+
+# ---- the text tab: a chat prompt through generate(), with a draft and without -----------------------------
+
+def _streamed(run: Callable[[Callable[[str], None]], Generation]) -> Iterator[str | Generation]:
+    """Run ``run(on_text)`` in a worker thread; yield each text piece as it arrives, then the result."""
+    pieces: queue.Queue = queue.Queue()
+    outcome: list[Generation | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(run(pieces.put))
+        except BaseException as error:  # handed to the caller's thread below
+            outcome.append(error)
+        finally:
+            pieces.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (piece := pieces.get()) is not None:
+        yield piece
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    yield outcome[0]
+
+
+def text_timing_markdown(result: Generation) -> str:
+    return (f"**Wall time** {result.stats.wall_seconds:.2f} s · **{result.tokens_per_second:.1f} tokens/s** · "
+            f"{len(result.tokens)} tokens in {result.stats.target_calls} target passes")
+
+
+EMPTY_TEXT_OUTPUTS = ("", "", "", "", "", "", None)  # everything after the status line
+
+
+def run_text(prompt: str, target: str, draft: str, max_new_tokens: int, config: DemoConfig) -> Iterator[tuple]:
+    """The Generate button: stream the speculative answer, then the baseline's, then the comparison."""
+    if not prompt.strip():
+        yield ("⚠️ Type a prompt first.",) + EMPTY_TEXT_OUTPUTS
+        return
+    messages = [{"role": "user", "content": prompt}]
+    results: dict[str | None, Generation] = {}
+    try:
+        for which in (draft, None):
+            text = ""
+            label = f"with draft `{draft}`" if which else "with the target alone"
+            for item in _streamed(lambda on_text: generate(messages, target, which, device=config.device,
+                                                           max_new_tokens=int(max_new_tokens), on_text=on_text)):
+                if isinstance(item, Generation):
+                    results[which] = item
+                    break
+                text += item
+                spec_text = text if which else results[draft].text
+                base_text = "" if which else text
+                yield (f"Generating {label} …", "", spec_text, "", base_text, "", "", None)
+    except (ImportError, OSError, ValueError) as error:  # a model bundle that is not installed, a bad name
+        yield (f"⚠️ The text model could not run: {error}",) + EMPTY_TEXT_OUTPUTS
+        return
+    except Exception:  # the page must keep serving; the traceback goes to the server log
+        log.exception("generation failed")
+        yield ("⚠️ Something went wrong while generating; the details are in the server log.",) + EMPTY_TEXT_OUTPUTS
+        return
+    spec, base = results[draft], results[None]
+    speed_up = base.stats.wall_seconds / spec.stats.wall_seconds
+    yield (f"Generated {len(spec.tokens)} tokens with `{target}`.", verdict_html(spec.tokens, base.tokens, speed_up),
+           spec.text, text_timing_markdown(spec), base.text, text_timing_markdown(base),
+           acceptance_markdown(spec.stats, spec.draft), histogram_figure(spec.stats))
 
 
 
@@ -240,14 +318,47 @@ def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
             with gr.Accordion("Segments and subtitles", open=True):
                 segments = gr.Dataframe(headers=SEGMENT_HEADERS, column_count=3, interactive=False,
                                         label="Segments (speculative run)", elem_id="segments", wrap=True)
-                gr.Markdown(DOWNLOADS_PENDING, elem_id="downloads-status")
+                downloads = gr.File(label="Download (srt, vtt, json)", file_count="multiple", interactive=False,
+                                    elem_id="downloads")
         with gr.Tab("Text"):
-            gr.Markdown(TEXT_PENDING, elem_id="text-status")
+            text_models = bundled_text_models()
+            with gr.Row():
+                prompt = gr.Textbox(label="Prompt", lines=4, elem_id="prompt",
+                                    value="Write a Python function that returns the n-th Fibonacci number.")
+                with gr.Column():
+                    text_target = gr.Dropdown(text_models, value=config.default_text_model, label="Target",
+                                              elem_id="text-target")
+                    text_draft = gr.Dropdown([PROMPT_LOOKUP, *text_models], label="Draft", elem_id="text-draft",
+                                             value=DEFAULT_DRAFTS.get(config.default_text_model, PROMPT_LOOKUP))
+                    max_new_tokens = gr.Slider(8, config.max_new_tokens, value=min(64, config.max_new_tokens),
+                                               step=8, label="New tokens at most", elem_id="max-new-tokens")
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    text_status = gr.Markdown("Answers are streamed as they are verified.", elem_id="text-status")
+            text_verdict = gr.HTML(elem_id="text-verdict")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Speculative (target + draft)")
+                    text_spec = gr.Textbox(label="Answer", lines=8, interactive=False, elem_id="text-spec")
+                    text_spec_timing = gr.Markdown(elem_id="text-spec-timing")
+                with gr.Column():
+                    gr.Markdown("### Baseline (target alone)")
+                    text_base = gr.Textbox(label="Answer", lines=8, interactive=False, elem_id="text-base")
+                    text_base_timing = gr.Markdown(elem_id="text-base-timing")
+            with gr.Row():
+                text_acceptance = gr.Markdown(elem_id="text-acceptance")
+                text_histogram = gr.Plot(show_label=False, format="png", elem_id="text-histogram")
 
-        button.click(lambda path, name: run_speech(path, name, config), inputs=[audio, preset],
+        downloads_folder = Path(tempfile.mkdtemp(prefix="whisper-spec-demo-"))
+        # both buttons share one slot: the models are shared and a CPU has no room for two decodes at once
+        button.click(functools.partial(run_speech, config=config, downloads=downloads_folder), inputs=[audio, preset],
                      outputs=[status, verdict, spec_text, spec_timing, base_text, base_timing, tokens, acceptance,
-                              histogram, segments],
+                              histogram, segments, downloads],
                      concurrency_limit=config.concurrency_limit, concurrency_id="models")
+        generate_button.click(functools.partial(run_text, config=config),
+                              inputs=[prompt, text_target, text_draft, max_new_tokens],
+                              outputs=[text_status, text_verdict, text_spec, text_spec_timing, text_base,
+                                       text_base_timing, text_acceptance, text_histogram],
+                              concurrency_limit=config.concurrency_limit, concurrency_id="models")
     app.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency_limit)
     return app
 
@@ -272,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="How many decodes run at once; further requests wait in the queue.")
     parser.add_argument("--max-queue", type=int, default=DemoConfig.max_queue,
                         help="How many requests may wait; more are turned away with a message.")
+    parser.add_argument("--text-model", default=DemoConfig.default_text_model, choices=bundled_text_models(),
+                        help="The text LLM selected when the text tab opens (loaded on its first use).")
     parser.add_argument("--device", default="cpu", help="Where the models run: cpu or cuda.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
     parser.add_argument("--no-warm-up", action="store_true", help="Load models on the first request, not at start.")
@@ -280,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DemoConfig(max_audio_seconds=args.max_audio_seconds, concurrency_limit=args.concurrency,
-                        max_queue=args.max_queue, default_preset=args.preset, device=args.device)
+                        max_queue=args.max_queue, default_preset=args.preset,
+                        default_text_model=args.text_model, device=args.device)
     if not args.no_warm_up:
         log.info("loading the models of preset %s", config.default_preset)
         warm_up(config)

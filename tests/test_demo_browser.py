@@ -12,11 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import wave
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
+import srt
 
 from demo.provenance import RoundLog, Source, token_sources
 
@@ -50,6 +53,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode("utf-8")
 
 
 def _answers(url: str) -> bool:
@@ -157,6 +165,31 @@ def test_real_clip_gives_identical_transcripts_side_by_side(page):
     assert page.locator("#histogram img, #histogram canvas, #histogram svg").count() >= 1
     segments = page.locator("#segments").inner_text()
     assert "00:00.00" in segments and "Dashwood" in segments, segments
+    links = {Path(urllib.parse.urlparse(a.get_attribute("href")).path).suffix: a.get_attribute("href")
+             for a in page.locator("#downloads a[href]").all()}
+    assert set(links) >= {".srt", ".vtt", ".json"}, links
+    subtitles = list(srt.parse(_fetch(urljoin(page.url, links[".srt"]))))
+    assert subtitles and "Dashwood" in " ".join(cue.content for cue in subtitles)
+
+
+@pytest.mark.browser
+def test_text_tab_streams_both_answers_and_compares_them(page):
+    page.get_by_role("tab", name="Text").click()
+    page.fill("#prompt textarea", "List three primary colours, comma separated.")
+    page.locator("#max-new-tokens input[type=number]").fill("16")
+    page.locator("#max-new-tokens input[type=number]").press("Enter")
+    page.click("#generate")
+    page.wait_for_function(
+        "() => /Identical|Different/.test(document.querySelector('#text-verdict')?.innerText ?? '')"
+        " || (document.querySelector('#text-status')?.innerText ?? '').includes('⚠')",
+        timeout=DECODE_SECONDS * 1000)
+    page.screenshot(path=str(ARTIFACTS / "demo-text.png"), full_page=True)
+    assert "⚠" not in page.locator("#text-status").inner_text()
+    speculative = page.locator("#text-spec textarea").input_value()
+    assert speculative and speculative == page.locator("#text-base textarea").input_value()
+    assert "✓ Identical" in page.locator("#text-verdict").inner_text()
+    assert "tokens/s" in page.locator("#text-spec-timing").inner_text()
+    assert "Acceptance" in page.locator("#text-acceptance").inner_text()
 
 
 @pytest.mark.browser
