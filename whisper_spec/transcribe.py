@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from os import PathLike
+from typing import Callable, Iterator, Literal, overload
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.drafts import resolve_draft
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 from whisper_spec.whisper.features import WINDOW_SECONDS
+from whisper_spec.whisper.longform import LongformOptions, LongformResult, Progress, Segment, decode_files
 
 DEFAULT = "default"  # draft=DEFAULT: the preset's draft (or the target's best known draft)
 
@@ -29,15 +31,28 @@ class TranscribeOptions:
     adaptive_draft_length: bool = True  # shrink/grow k from measured acceptance and costs
     temperature: float = 0.0  # 0: greedy, token-identical to the target; > 0: sampling, same distribution
     seed: int | None = None  # random seed for temperature > 0
+    timestamps: bool | None = None  # segment timestamps; None: only for audio longer than one 30-s window
+    word_timestamps: bool = False  # word-level timestamps (implies timestamps)
+    condition_on_previous_text: bool = True  # prompt each 30-s window with the transcript so far
+    no_speech_threshold: float | None = 0.6  # a window above this no-speech probability ...
+    logprob_threshold: float | None = -1.0  # ... and below this average log-probability is silence
+    compression_ratio_threshold: float | None = 2.4  # a window whose text compresses better is a loop: dropped
 
-    def window_options(self) -> WindowOptions:
-        return WindowOptions(**{f.name: getattr(self, f.name) for f in fields(self)})
+    def longform_options(self, audio_seconds: float) -> LongformOptions:
+        timestamps = self.word_timestamps or (
+            self.timestamps if self.timestamps is not None else audio_seconds > WINDOW_SECONDS)
+        window = WindowOptions(language=self.language, task=self.task, draft_length=self.draft_length,
+                               adaptive_draft_length=self.adaptive_draft_length, temperature=self.temperature,
+                               seed=self.seed, timestamps=timestamps)
+        return LongformOptions(window, self.condition_on_previous_text, self.no_speech_threshold,
+                               self.logprob_threshold, self.compression_ratio_threshold, self.word_timestamps)
 
 
 @dataclass(frozen=True)
 class Transcription:
     text: str
-    tokens: tuple[int, ...]  # target token ids of the transcript (no prompt, no end-of-text)
+    segments: tuple[Segment, ...]  # timed pieces of the text (one per window without timestamps)
+    tokens: tuple[int, ...]  # target token ids of the transcript (no prompt, no end-of-text; timestamps included)
     language: str
     audio_seconds: float
     stats: SpeculationStats
@@ -48,6 +63,36 @@ class Transcription:
     def real_time_factor(self) -> float:
         """Compute seconds per audio second (lower is faster)."""
         return self.stats.wall_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+    @classmethod
+    def from_longform(cls, result: LongformResult, target: str, draft: str | None,
+                      wall_seconds: float) -> "Transcription":
+        return cls(result.text, result.segments, result.tokens, result.language, result.audio_seconds,
+                   replace(result.stats, wall_seconds=wall_seconds), target, draft)
+
+
+class SegmentStream:
+    """A transcription in progress: iterate to receive segments as their windows are decoded.
+
+    ``transcription`` holds the whole result once iteration has finished.
+    """
+
+    def __init__(self, progress: Iterator[Progress], finish: Callable[[LongformResult], Transcription]):
+        self._progress = progress
+        self._finish = finish
+        self._transcription: Transcription | None = None
+
+    def __iter__(self) -> Iterator[Segment]:
+        for step in self._progress:
+            yield from step.segments
+            if step.result is not None:
+                self._transcription = self._finish(step.result)
+
+    @property
+    def transcription(self) -> Transcription:
+        if self._transcription is None:
+            raise RuntimeError("the transcription is complete only after iterating over every segment")
+        return self._transcription
 
 
 def _default_dtype(device: str) -> torch.dtype:
@@ -81,6 +126,18 @@ def _default_draft_for(target: str) -> str | None:
     return None
 
 
+@overload
+def transcribe(audio: str | PathLike | np.ndarray, target: str | None = None, draft: str | None = DEFAULT,
+               options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
+               dtype: torch.dtype | None = None, stream: Literal[False] = False, **overrides) -> Transcription: ...
+
+
+@overload
+def transcribe(audio: str | PathLike | np.ndarray, target: str | None = None, draft: str | None = DEFAULT,
+               options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
+               dtype: torch.dtype | None = None, stream: Literal[True], **overrides) -> SegmentStream: ...
+
+
 def transcribe(
     audio: str | PathLike | np.ndarray,
     target: str | None = None,
@@ -90,9 +147,13 @@ def transcribe(
     preset: str | None = None,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    stream: bool = False,
     **overrides,
-) -> Transcription:
-    """Transcribe a file (or 16 kHz mono samples) with speculative decoding.
+) -> Transcription | SegmentStream:
+    """Transcribe a file (or 16 kHz mono samples) of any length with speculative decoding.
+
+    Audio longer than 30 s goes through Whisper's sequential window algorithm (see
+    ``whisper.longform``); the segments and text are the same with a draft as without one.
 
     Args:
         audio: a path to anything soundfile or ffmpeg reads, or a float array of 16 kHz mono samples.
@@ -101,6 +162,7 @@ def transcribe(
         options: decoding options; keyword ``overrides`` replace single fields (``language="en"``).
         preset: a named target/draft pair from ``whisper_spec.presets.PRESETS``.
         device, dtype: where and in what precision to run (default float16 on CUDA, float32 on CPU).
+        stream: return a ``SegmentStream`` that yields segments as they are decoded, instead of waiting.
 
     Raises:
         AudioLoadError: the file is missing, empty or not audio (the message names the file and why).
@@ -117,9 +179,15 @@ def transcribe(
     if samples.size == 0:
         raise AudioLoadError(source, "no audio samples")
     seconds = samples.size / SAMPLE_RATE
-    if seconds > WINDOW_SECONDS:
-        raise AudioLoadError(source, f"{seconds:.1f} s of audio: this version transcribes at most {WINDOW_SECONDS} s")
+    longform = options.longform_options(seconds)
     engine = load_pipeline(target_name, draft_name, device, dtype)
-    window = engine.decode_windows([samples], options.window_options())[0]
-    stats = replace(window.stats, wall_seconds=time.perf_counter() - started)
-    return Transcription(window.text, window.tokens, window.language, seconds, stats, target_name, draft_name)
+
+    def finish(result: LongformResult) -> Transcription:
+        return Transcription.from_longform(result, target_name, draft_name, time.perf_counter() - started)
+
+    segments = SegmentStream(decode_files(engine, [(source, samples)], longform), finish)
+    if stream:
+        return segments
+    for _ in segments:
+        pass
+    return segments.transcription

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier
@@ -21,6 +22,7 @@ from whisper_spec.whisper.drafts import WhisperDraft, WindowBatch
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.logit_rules import SuppressionRules
 from whisper_spec.whisper.prompts import decoder_prompt, detect_language
+from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,23 @@ class WindowOptions:
     temperature: float = 0.0  # 0: greedy, token-identical to the target alone
     seed: int | None = None  # for temperature > 0
     max_new_tokens: int | None = None  # default: up to the decoder's 448 positions
+    timestamps: bool = False  # decode Whisper's timestamp tokens (segment boundaries) with the text
+    # avg_logprob costs one extra target pass; it is computed only for windows whose no-speech probability
+    # exceeds this (where Whisper's silence check needs it); None: for every window
+    logprob_if_no_speech_above: float | None = None
+    return_encoder_output: bool = False  # keep each window's encoder output (word timestamps align against it)
 
 
 @dataclass(frozen=True)
 class DecodedWindow:
-    tokens: tuple[int, ...]  # generated ids (prompt excluded, end-of-text excluded)
+    tokens: tuple[int, ...]  # generated ids (prompt excluded, end-of-text excluded; timestamps included)
     text: str
     language: str
     stats: SpeculationStats
+    no_speech_prob: float  # the target's probability of <|nospeech|> right after <|startoftranscript|>
+    avg_logprob: float | None  # mean log-probability of the generated tokens and end-of-text (see WindowOptions)
+    stopped: bool  # True: end-of-text ended the window; False: the token budget did
+    encoder_output: Tensor | None = None  # [1500, D] the target's encoder output, when asked for
 
 
 class SpeculativeWhisper:
@@ -50,7 +61,10 @@ class SpeculativeWhisper:
         self.draft = draft
         self.decoder = CachedWhisperDecoder(target.model.model.decoder)
         config = target.generation_config
-        self.eot_token_id = target.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        vocab = target.tokenizer.get_vocab()
+        self.eot_token_id = vocab["<|endoftext|>"]
+        self.no_speech_token_id = vocab.get("<|nospeech|>", vocab.get("<|nocaptions|>"))
+        self.timestamp_begin = timestamp_begin_id(target.tokenizer)
         self.suppress_tokens = tuple(config.suppress_tokens or ())
         self.begin_suppress_tokens = tuple(config.begin_suppress_tokens or ())
 
@@ -69,36 +83,105 @@ class SpeculativeWhisper:
         other.draft = draft
         return other
 
-    def decode_windows(self, audio: Sequence[np.ndarray], options: WindowOptions = WindowOptions()) -> list[DecodedWindow]:
-        """Transcribe B windows (each at most 30 s of 16 kHz mono audio) together, one row each."""
+    def text(self, tokens: Sequence[int]) -> str:
+        """The words of ``tokens`` (timestamps and other special tokens dropped)."""
+        return self.target.tokenizer.decode([t for t in tokens if t < self.eot_token_id]).strip()
+
+    def logit_rules(self, prompt_lengths: Sequence[int], timestamps: bool) -> SuppressionRules | TimestampRules:
+        """The target's own greedy rules for rows with these prompt lengths (drafts apply them too)."""
+        rules = SuppressionRules(tuple(prompt_lengths), self.suppress_tokens, self.begin_suppress_tokens)
+        if not timestamps:
+            return rules
+        config = self.target.generation_config
+        return TimestampRules(rules, self.timestamp_begin, config.no_timestamps_token_id, self.eot_token_id,
+                              getattr(config, "max_initial_timestamp_index", 50))
+
+    def decode_windows(self, audio: Sequence[np.ndarray], options: WindowOptions = WindowOptions(), *,
+                       previous: Sequence[Sequence[int]] | None = None,
+                       languages: Sequence[str | None] | None = None) -> list[DecodedWindow]:
+        """Transcribe B windows (each at most 30 s of 16 kHz mono audio) together, one row each.
+
+        Args:
+            audio: B arrays of 16 kHz mono samples.
+            options: decoding options shared by the rows.
+            previous: per row, target token ids of the text before the window (Whisper's <|startofprev|>
+                prompt; long-form transcription passes the transcript so far); default none.
+            languages: per row, a language code or None (detect); default ``options.language`` for all.
+        """
         hidden, encoder_seconds = encode_audio(self.target, audio)
         self.decoder.begin(hidden)
         batch = len(audio)
-        if options.language is None and self.is_multilingual:
-            languages = detect_language(self.decoder, self.target.generation_config, batch)
-        else:
-            languages = [options.language or "en"] * batch
-        prompts = [decoder_prompt(self.target.generation_config, lang, options.task) for lang in languages]
-        rules = SuppressionRules(tuple(len(p) for p in prompts), self.suppress_tokens, self.begin_suppress_tokens)
+        previous = previous if previous is not None else [()] * batch
+        wanted = list(languages) if languages is not None else [options.language] * batch
+        if len(previous) != batch or len(wanted) != batch:
+            raise ValueError(f"{batch} windows need {batch} previous-text prompts and languages, "
+                             f"got {len(previous)} and {len(wanted)}")
+        if self.is_multilingual and any(lang is None for lang in wanted):
+            detected = detect_language(self.decoder, self.target.generation_config, batch)
+            wanted = [lang or found for lang, found in zip(wanted, detected)]
+        languages = [lang or "en" for lang in wanted]
+        config = self.target.generation_config
+        prompts = [decoder_prompt(config, lang, options.task, options.timestamps, prev)
+                   for lang, prev in zip(languages, previous)]
+        rules = self.logit_rules([len(p) for p in prompts], options.timestamps)
         verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules)
+        no_speech = self._no_speech_probs(verifier, prompts)
         drafter = None
         if self.draft is not None:
             drafter, draft_encoder_seconds = self.draft.start(
                 WindowBatch(audio, hidden, prompts, rules, languages, options.task))
             encoder_seconds += draft_encoder_seconds
-        max_positions = self.decoder.max_positions
-        longest_prompt = max(len(p) for p in prompts)
-        budget = max_positions - longest_prompt
+        budget = self.decoder.max_positions - max(len(p) for p in prompts)
         decode_options = DecodeOptions(
             max_new_tokens=min(options.max_new_tokens or budget, budget),
             draft_length=options.draft_length if drafter is not None else 0,
             adaptive_draft_length=options.adaptive_draft_length,
             temperature=options.temperature, seed=options.seed)
         result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options, device=self.device)
+        threshold = options.logprob_if_no_speech_above
+        scored = [i for i in range(batch) if threshold is None or no_speech[i] > threshold]
+        logprobs = self._avg_logprobs(verifier, rules, prompts, [result.rows[i].tokens for i in scored], scored)
         windows = []
         share = encoder_seconds / batch
-        for row, language in zip(result.rows, languages):
+        for i, (row, language) in enumerate(zip(result.rows, languages)):
             tokens = tuple(t for t in row.tokens if t != self.eot_token_id)
-            text = self.target.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
-            windows.append(DecodedWindow(tokens, text, language, replace(row.stats, encoder_seconds=share)))
+            windows.append(DecodedWindow(tokens, self.text(tokens), language, replace(row.stats, encoder_seconds=share),
+                                         no_speech[i], logprobs.get(i), row.stopped,
+                                         hidden[i] if options.return_encoder_output else None))
         return windows
+
+    def _no_speech_probs(self, verifier: ModelVerifier, prompts: Sequence[Sequence[int]]) -> list[float]:
+        """Whisper's no-speech probability per row, from the target's raw scores after <|startoftranscript|>.
+
+        Runs the prompts through the verifier's cache, which the first decoding step then reuses.
+        """
+        if self.no_speech_token_id is None:
+            return [0.0] * len(prompts)
+        sot = self.target.generation_config.decoder_start_token_id
+        after_sot = [len(p) - p.index(sot) for p in prompts]
+        logits = verifier.cache.logits(torch.arange(len(prompts)), prompts, after_sot)[:, 0]
+        return torch.softmax(logits.float(), dim=-1)[:, self.no_speech_token_id].tolist()
+
+    def _avg_logprobs(self, verifier: ModelVerifier, rules, prompts: Sequence[Sequence[int]],
+                      generated: Sequence[Sequence[int]], rows: Sequence[int]) -> dict[int, float]:
+        """Mean log-probability (under the target's rules) of each row's generated tokens, end-of-text included.
+
+        One teacher-forced target pass over the finished sequences: the same computation whether the
+        tokens came from speculative or plain decoding, so decisions made on it agree between the two.
+        """
+        rows = [r for r, g in zip(rows, generated) if g]
+        generated = [g for g in generated if g]
+        if not rows:
+            return {}
+        index = torch.tensor(rows, dtype=torch.long)
+        contexts = [list(prompts[r]) + list(g[:-1]) for r, g in zip(rows, generated)]
+        logits = verifier.cache.logits(index, contexts, [len(g) for g in generated])
+        logits = rules(index, [prompts[r] for r in rows], [g[:-1] for g in generated], logits)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        averages = {}
+        for i, (r, g) in enumerate(zip(rows, generated)):
+            picked = logprobs[i, torch.arange(len(g)), torch.tensor(g)]
+            # Whisper divides by the text length plus one (for end-of-text), whether or not it was reached
+            ended = g[-1] == self.eot_token_id
+            averages[r] = float(picked.sum()) / (len(g) + (0 if ended else 1))
+        return averages

@@ -1,6 +1,9 @@
-"""Whisper's decoder prompt (start of transcript, language, task, no-timestamps) and language detection."""
+"""Whisper's decoder prompt (previous text, start of transcript, language, task, no-timestamps) and
+language detection."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -14,11 +17,18 @@ def language_token(language: str) -> str:
     return f"<|{language}|>"
 
 
-def decoder_prompt(generation_config, language: str | None, task: str, timestamps: bool = False) -> list[int]:
-    """The forced prefix of every window: [sot] (+ [language, task] if multilingual) (+ [no-timestamps])."""
+def decoder_prompt(generation_config, language: str | None, task: str, timestamps: bool = False,
+                   previous: Sequence[int] = ()) -> list[int]:
+    """The forced prefix of every window.
+
+    [startofprev, *previous] (when ``previous`` is not empty) + [sot] (+ [language, task] if multilingual)
+    (+ [no-timestamps] unless ``timestamps``). ``previous`` is text the model continues from (the
+    transcript so far, in long-form transcription); the caller keeps it short enough to leave room.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    prompt = [generation_config.decoder_start_token_id]
+    prompt = [generation_config.prev_sot_token_id, *previous] if previous else []
+    prompt.append(generation_config.decoder_start_token_id)
     if getattr(generation_config, "is_multilingual", False):
         lang_to_id = generation_config.lang_to_id
         code = language_token(language or "en")

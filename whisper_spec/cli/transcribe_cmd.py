@@ -1,0 +1,211 @@
+"""``whisper-spec transcribe``: transcribe files, folders and globs into txt/json/srt/vtt/tsv, never losing work.
+
+Every output is written atomically, and a file whose outputs all exist is skipped, so a run that is
+killed resumes where it stopped when started again. A file that cannot be read gets one line saying
+why; the others go on, and the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from whisper_spec.audio import AudioLoadError, audio_duration, load_audio
+from whisper_spec.core.stats import SpeculationStats
+from whisper_spec.output_formats import FORMATS, output_paths, write_outputs
+from whisper_spec.presets import PRESETS
+from whisper_spec.transcribe import DEFAULT, TranscribeOptions, Transcription, load_pipeline, resolve_models
+from whisper_spec.whisper.longform import decode_files
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4", ".mkv")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path  # the audio file
+    stem: Path  # outputs go to stem.<format>
+
+
+@dataclass(frozen=True)
+class Failure:
+    source: str
+    reason: str
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "transcribe", help="transcribe audio files into txt, json, srt, vtt and tsv",
+        description="Transcribe audio files of any length with speculative decoding. The transcript is the "
+                    "target model's own (greedy): the draft only makes it faster. Outputs are written "
+                    "atomically and finished files are skipped, so an interrupted run resumes when rerun.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="audio files, folders (searched recursively for audio files) or quoted glob patterns")
+    parser.add_argument("-o", "--output-dir", type=Path, default=Path("."),
+                        help="folder for the transcripts; a folder input's subfolders are mirrored inside it")
+    parser.add_argument("-f", "--formats", default=",".join(FORMATS),
+                        help=f"comma-separated output formats, any of {', '.join(FORMATS)}")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named target/draft pair (default: 'base' when no --target is given)")
+    parser.add_argument("--target", help="the model whose transcript you get: bundled name, folder or hub id")
+    parser.add_argument("--draft", default=DEFAULT,
+                        help="the draft: a model name, or layers:i,j for some of the target's own decoder "
+                             "layers; 'default' takes the preset's")
+    parser.add_argument("--no-speculative", action="store_true",
+                        help="run the target alone (the baseline), everything else unchanged")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to run on (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="model precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--language", help="spoken language code such as en or fr (default: detected per file)")
+    parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
+                        help="transcribe in the spoken language, or translate into English")
+    parser.add_argument("--word-timestamps", action="store_true",
+                        help="also time every word (cross-attention alignment); shown in the json output")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="how many files to decode together, one 30-s window of each per step")
+    parser.add_argument("--draft-length", type=int, default=6, help="the most draft tokens per round")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="transcribe again files whose outputs already exist (default: skip them)")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.set_defaults(func=run)
+
+
+def find_jobs(inputs: list[str], output_dir: Path) -> tuple[list[Job], list[Failure]]:
+    """Expand files, folders and globs into jobs with distinct output stems; report inputs that match nothing."""
+    jobs: list[Job] = []
+    failures: list[Failure] = []
+    claimed: dict[Path, Path] = {}
+
+    def add(source: Path, stem: Path) -> None:
+        if stem in claimed:
+            if claimed[stem].resolve() != source.resolve():
+                failures.append(Failure(str(source), f"its output name {stem} is also {claimed[stem]}'s; "
+                                                     f"transcribe them into different --output-dir"))
+            return
+        claimed[stem] = source
+        jobs.append(Job(source, stem))
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                failures.append(Failure(item, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder"))
+            for source in found:
+                add(source, output_dir / source.relative_to(path).with_suffix(""))
+        elif path.exists() or not glob.has_magic(item):
+            add(path, output_dir / path.stem)  # a missing file fails when it is read, with the reason
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                failures.append(Failure(item, "no files match this pattern"))
+            for source in matches:
+                add(source, output_dir / source.stem)
+    return jobs, failures
+
+
+def run(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        output_paths(Path("x"), formats)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        target, draft = resolve_models(args.preset, args.target, args.draft)
+        options = TranscribeOptions(language=args.language, task=args.task, draft_length=args.draft_length,
+                                    timestamps=True, word_timestamps=args.word_timestamps)
+    except ValueError as error:
+        print(f"whisper-spec transcribe: {error}", file=sys.stderr)
+        return 2
+    if args.no_speculative:
+        draft = None
+    started = time.perf_counter()
+    jobs, failures = find_jobs(args.inputs, args.output_dir)
+    for failure in failures:
+        _report(failure)
+    todo, skipped = [], 0
+    for job in jobs:
+        if not args.overwrite and all(p.exists() for p in output_paths(job.stem, formats)):
+            skipped += 1
+        else:
+            todo.append(job)
+    seconds: dict[Job, float] = {}
+    for job in todo:
+        try:
+            seconds[job] = audio_duration(job.source)
+        except AudioLoadError as error:
+            failures.append(_report(Failure(str(job.source), error.reason)))
+    todo = [job for job in todo if job in seconds]
+
+    done: list[Transcription] = []
+    if todo:
+        engine = load_pipeline(target, draft, args.device, DTYPES.get(args.dtype))
+        bar = tqdm(total=round(sum(seconds.values()), 1), unit="s", unit_scale=True, desc="audio",
+                   disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+        progress: dict[Job, float] = {}
+        file_started: dict[Job, float] = {}
+
+        def loaded() -> Iterator[tuple[Job, np.ndarray]]:
+            for job in todo:
+                try:
+                    samples = load_audio(job.source)
+                except AudioLoadError as error:
+                    failures.append(_report(Failure(str(job.source), error.reason), bar))
+                    bar.update(seconds[job])
+                    continue
+                file_started[job] = time.perf_counter()
+                yield job, samples
+
+        window = options.longform_options(float("inf"))
+        for step in decode_files(engine, loaded(), window, args.batch_size):
+            job = step.key
+            before = progress.get(job, 0.0)
+            progress[job] = step.seconds_done
+            if step.result is None:
+                bar.update(step.seconds_done - before)
+                continue
+            bar.update(seconds[job] - before)
+            result = Transcription.from_longform(step.result, target, draft,
+                                                 time.perf_counter() - file_started[job])
+            write_outputs(result, job.stem, formats)
+            done.append(result)
+            bar.set_postfix_str(f"files {len(done)}/{len(todo)}")
+        bar.close()
+    _summary(done, skipped, failures, time.perf_counter() - started, args.output_dir)
+    return 1 if failures else 0
+
+
+def _report(failure: Failure, bar: tqdm | None = None) -> Failure:
+    line = f"error: {failure.source}: {failure.reason}"
+    (bar.write if bar is not None else print)(line, file=sys.stderr)
+    return failure
+
+
+def _summary(done: list[Transcription], skipped: int, failures: list[Failure], wall: float, output_dir: Path) -> None:
+    stats = sum((t.stats for t in done), SpeculationStats())
+    audio = sum(t.audio_seconds for t in done)
+    rows = [
+        ("files transcribed", f"{len(done)}"),
+        ("files skipped (already done)", f"{skipped}"),
+        ("files failed", f"{len(failures)}"),
+        ("audio", f"{audio / 3600:.3f} h ({audio:.1f} s)"),
+        ("wall time", f"{wall:.1f} s"),
+        ("real-time factor", f"{wall / audio:.3f}" if audio else "-"),
+        ("draft acceptance", f"{stats.acceptance_rate:.2f} ({stats.accepted}/{stats.drafted})" if stats.drafted else "-"),
+        ("tokens per target call", f"{stats.tokens_per_target_call:.2f}" if stats.target_calls else "-"),
+        ("outputs in", str(output_dir)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    for failure in failures:
+        print(f"failed: {failure.source}: {failure.reason}")

@@ -1,0 +1,288 @@
+"""Audio of any length: Whisper's sequential 30-second window algorithm (openai/whisper ``transcribe``).
+
+Each window is decoded with timestamps, the transcript so far as its <|startofprev|> prompt; the next
+window starts at the last complete timestamp (so a sentence cut by the window edge is decoded again,
+whole), or after the window when it ends with a lone timestamp. A window the target thinks is silence
+(no-speech probability above the threshold and a low average log-probability) is skipped, and one whose
+text compresses too well (a hallucinated loop) is dropped. Every decision reads only the target's
+tokens and one teacher-forced target pass over them, so the segments are the same with a draft or without.
+
+``LongformFile`` is one file's state; ``decode_files`` advances many files together, one window of each
+per batched ``decode_windows`` call (a batch size of 1 is plain sequential transcription).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Hashable, Iterable, Iterator
+
+import numpy as np
+
+from whisper_spec.audio import SAMPLE_RATE
+from whisper_spec.core.stats import SpeculationStats
+from whisper_spec.whisper.engine import DecodedWindow, SpeculativeWhisper, WindowOptions
+from whisper_spec.whisper.prompts import decoder_prompt
+from whisper_spec.whisper.timestamps import TIME_PRECISION
+from whisper_spec.whisper.word_timestamps import align_words, tidy_words
+
+HOP_LENGTH = 160  # samples per mel frame (10 ms): seek positions are counted in frames, as in Whisper
+WINDOW_FRAMES = 3000  # 30 s
+FRAMES_PER_TIMESTAMP = 2  # one timestamp step (20 ms) is two mel frames
+MAX_NEW_TOKENS = 224  # Whisper's sample_len: half the decoder's 448 positions per window
+MAX_PREVIOUS_TOKENS = 220  # prompt text kept, so that prompt + 224 new tokens fit in 448 positions
+
+
+@dataclass(frozen=True)
+class LongformOptions:
+    window: WindowOptions = WindowOptions(timestamps=True)  # per-window decoding (language, task, draft length ...)
+    condition_on_previous_text: bool = True  # prompt each window with the transcript so far
+    no_speech_threshold: float | None = 0.6  # skip a window above this no-speech probability ...
+    logprob_threshold: float | None = -1.0  # ... unless its average log-probability is above this
+    compression_ratio_threshold: float | None = 2.4  # drop a window whose text gzips better than this (a loop)
+    word_timestamps: bool = False  # align words to the audio (cross-attention + DTW)
+
+    def __post_init__(self) -> None:
+        if self.word_timestamps and not self.window.timestamps:
+            raise ValueError("word timestamps need timestamp decoding (timestamps=True)")
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float  # seconds from the start of the audio
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float  # seconds from the start of the audio
+    end: float
+    text: str
+    tokens: tuple[int, ...]  # target ids, timestamps included
+    avg_logprob: float | None  # of the window it came from (None where the no-speech check did not need it)
+    no_speech_prob: float  # of the window it came from
+    compression_ratio: float  # of the window's text
+    words: tuple[Word, ...] = ()  # with word timestamps only
+
+
+@dataclass(frozen=True)
+class LongformResult:
+    segments: tuple[Segment, ...]
+    language: str
+    audio_seconds: float
+    stats: SpeculationStats  # summed over windows; wall_seconds is this file's share of the decoding time
+    windows: int  # windows decoded
+    skipped_windows: int  # windows judged silent
+    dropped_windows: int  # windows whose text was a repetition loop
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments).strip()
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        return tuple(t for s in self.segments for t in s.tokens)
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of text over bytes of its zlib compression: repetition loops score high (Whisper's check)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(frozen=True)
+class WindowRequest:
+    audio: np.ndarray  # at most 30 s of 16 kHz samples, starting at the file's seek position
+    previous: tuple[int, ...]  # the <|startofprev|> prompt
+    language: str | None  # None: detect (first window of a multilingual file)
+
+
+@dataclass
+class LongformFile:
+    """One file's progress through the window algorithm: ask ``next_window``, hand its result to ``accept``."""
+
+    engine: SpeculativeWhisper
+    samples: np.ndarray  # [n] 16 kHz mono
+    options: LongformOptions
+    seek: int = 0  # mel frames already transcribed
+    language: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)  # tokens of every segment so far
+    prompt_start: int = 0  # history[prompt_start:] is the next window's prompt
+    stats: SpeculationStats = SpeculationStats()
+    windows: int = 0
+    skipped: int = 0
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.language = self.language or self.options.window.language
+        self.frames = self.samples.shape[0] // HOP_LENGTH
+
+    @property
+    def done(self) -> bool:
+        return self.seek >= self.frames
+
+    @property
+    def seconds_done(self) -> float:
+        return min(self.seek, self.frames) * HOP_LENGTH / SAMPLE_RATE
+
+    def next_window(self) -> WindowRequest:
+        start = self.seek * HOP_LENGTH
+        audio = self.samples[start: start + WINDOW_FRAMES * HOP_LENGTH]
+        previous = tuple(self.history[self.prompt_start:][-MAX_PREVIOUS_TOKENS:])
+        return WindowRequest(audio, previous, self.language)
+
+    def accept(self, window: DecodedWindow, wall_seconds: float) -> list[Segment]:
+        """Advance past ``window`` (the result for ``next_window()``); returns the segments it completed."""
+        options = self.options
+        self.windows += 1
+        self.language = window.language
+        self.stats = self.stats + replace(window.stats, wall_seconds=wall_seconds)
+        size = min(WINDOW_FRAMES, self.frames - self.seek)
+        offset = self.seek * HOP_LENGTH / SAMPLE_RATE
+        if options.no_speech_threshold is not None and window.no_speech_prob > options.no_speech_threshold:
+            confident = (options.logprob_threshold is not None and window.avg_logprob is not None
+                         and window.avg_logprob > options.logprob_threshold)
+            if not confident:
+                self.skipped += 1
+                self.seek += size
+                return []
+        ratio = compression_ratio(window.text)
+        if options.compression_ratio_threshold is not None and ratio > options.compression_ratio_threshold:
+            # Whisper would retry at a higher temperature; a greedy decoder drops the loop and starts afresh
+            self.dropped += 1
+            self.seek += size
+            self.prompt_start = len(self.history)
+            return []
+        pieces, advance = self._split(window.tokens, size)
+        new = []
+        for tokens, start, end in pieces:
+            text = self.engine.text(tokens)
+            if start == end or not text:
+                continue
+            new.append(Segment(len(self.segments) + len(new), round(offset + start, 3), round(offset + end, 3),
+                               text if text[:1].isspace() else " " + text, tokens, window.avg_logprob,
+                               window.no_speech_prob, ratio))
+        if options.word_timestamps and new:
+            new, last_word_end = self._add_words(new, window, size, offset)
+            if advance != size and last_word_end is not None and last_word_end > offset:
+                advance = round(last_word_end * SAMPLE_RATE / HOP_LENGTH) - self.seek
+        self.seek += max(advance, 1)
+        self.segments.extend(new)
+        self.history.extend(t for s in new for t in s.tokens)
+        if not options.condition_on_previous_text:
+            self.prompt_start = len(self.history)
+        return new
+
+    def _split(self, tokens: tuple[int, ...], size: int) -> tuple[list[tuple[tuple[int, ...], float, float]], int]:
+        """Segments (tokens, start, end seconds within the window) and the frames to advance (Whisper's rules)."""
+        begin = self.engine.timestamp_begin
+        is_stamp = [t >= begin for t in tokens]
+        single_ending = is_stamp[-2:] == [False, True]
+        closes = [i + 1 for i in range(len(tokens) - 1) if is_stamp[i] and is_stamp[i + 1]]
+        if closes:
+            if single_ending:
+                closes.append(len(tokens))
+            pieces, last = [], 0
+            for cut in closes:
+                piece = tokens[last:cut]
+                pieces.append((piece, (piece[0] - begin) * TIME_PRECISION, (piece[-1] - begin) * TIME_PRECISION))
+                last = cut
+            if single_ending:
+                return pieces, size
+            return pieces, (tokens[last - 1] - begin) * FRAMES_PER_TIMESTAMP
+        duration = size * HOP_LENGTH / SAMPLE_RATE
+        stamps = [t for t in tokens if t >= begin]
+        if stamps and stamps[-1] != begin:
+            duration = (stamps[-1] - begin) * TIME_PRECISION
+        return [(tokens, 0.0, duration)], size
+
+    def _add_words(self, segments: list[Segment], window: DecodedWindow, size: int,
+                   offset: float) -> tuple[list[Segment], float | None]:
+        eot = self.engine.eot_token_id
+        per_segment = [[t for t in s.tokens if t < eot] for s in segments]
+        config = self.engine.target.generation_config
+        prefix = decoder_prompt(config, window.language, self.options.window.task, timestamps=False)
+        timings = align_words(self.engine.target, window.encoder_output, prefix,
+                              [t for ids in per_segment for t in ids], size, window.language)
+        timings = tidy_words(timings)
+        index, out, last_end = 0, [], None
+        for segment, ids in zip(segments, per_segment):
+            words, covered = [], 0
+            while index < len(timings) and covered < len(ids):
+                timing = timings[index]
+                if timing.word:
+                    words.append(Word(timing.word, round(offset + timing.start, 2), round(offset + timing.end, 2),
+                                      timing.probability))
+                covered += len(timing.tokens)
+                index += 1
+            if words:
+                last_end = words[-1].end
+            out.append(replace(segment, words=tuple(words)))
+        return out, last_end
+
+    def result(self) -> LongformResult:
+        return LongformResult(tuple(self.segments), self.language or "en", self.samples.shape[0] / SAMPLE_RATE,
+                              self.stats, self.windows, self.skipped, self.dropped)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one batched step did for one file."""
+
+    key: Hashable  # the caller's name for the file
+    segments: tuple[Segment, ...]  # segments completed by this step
+    seconds_done: float  # audio seconds of the file transcribed so far
+    result: LongformResult | None  # the whole transcript, once the file is finished
+
+
+def decode_files(engine: SpeculativeWhisper, files: Iterable[tuple[Hashable, np.ndarray]],
+                 options: LongformOptions, batch_size: int = 1) -> Iterator[Progress]:
+    """Transcribe many files, keeping up to ``batch_size`` of them in flight, one window of each per step.
+
+    Files are read from ``files`` lazily, as rows free up; each file's windows follow the sequential
+    algorithm on their own, so a file's segments do not depend on what it was batched with (up to
+    floating-point rounding of batched matrix products).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    window_options = replace(
+        options.window, max_new_tokens=min(options.window.max_new_tokens or MAX_NEW_TOKENS, MAX_NEW_TOKENS),
+        return_encoder_output=options.word_timestamps,
+        # the average log-probability matters only where the no-speech check reads it
+        logprob_if_no_speech_above=1.0 if options.no_speech_threshold is None else options.no_speech_threshold)
+    pending = iter(files)
+    active: list[tuple[Hashable, LongformFile]] = []
+    exhausted = False
+    while True:
+        while not exhausted and len(active) < batch_size:
+            try:
+                key, samples = next(pending)
+            except StopIteration:
+                exhausted = True
+                break
+            state = LongformFile(engine, samples, options)
+            if state.done:  # too short for even one mel frame
+                yield Progress(key, (), 0.0, state.result())
+            else:
+                active.append((key, state))
+        if not active:
+            return
+        requests = [state.next_window() for _, state in active]
+        started = time.perf_counter()
+        windows = engine.decode_windows([r.audio for r in requests], window_options,
+                                        previous=[r.previous for r in requests],
+                                        languages=[r.language for r in requests])
+        share = (time.perf_counter() - started) / len(active)
+        still = []
+        for (key, state), window in zip(active, windows):
+            segments = state.accept(window, share)
+            finished = state.done
+            yield Progress(key, tuple(segments), state.seconds_done, state.result() if finished else None)
+            if not finished:
+                still.append((key, state))
+        active = still
