@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from whisper_spec.core.model_roles import ModelDrafter
-from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
+from whisper_spec.core.protocols import Drafter
+from whisper_spec.core.text_bridge import TextBridgeDrafter, tokenization
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.logit_rules import SuppressionRules
@@ -101,44 +102,14 @@ class CrossTokenizerDraft:
                                   [len(p) for p in batch.prompts]), seconds
 
 
-class _TextBridgeDrafter:
-    """Carries a draft across tokenizers through text: target ids -> text -> draft ids, and back."""
-
-    def __init__(self, inner: ModelDrafter, draft_tokenizer, target_tokenizer,
-                 draft_prompts: Sequence[Sequence[int]], target_prompt_lengths: Sequence[int]):
-        self.inner = inner
-        self.draft_tokenizer = draft_tokenizer
-        self.target_tokenizer = target_tokenizer
-        self.draft_prompts = [list(p) for p in draft_prompts]
-        self.target_prompt_lengths = list(target_prompt_lengths)
-        self.draft_eot = draft_tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        self.target_eot = target_tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        self.draft_specials = set(draft_tokenizer.all_special_ids)
-
-    def propose(self, request: DraftRequest) -> Proposal:
-        rows = request.rows.tolist()
-        generated = [list(s[self.target_prompt_lengths[r]:]) for r, s in zip(rows, request.sequences)]
-        texts = [self.target_tokenizer.decode(g, skip_special_tokens=True) for g in generated]
-        draft_sequences = [self.draft_prompts[r] + self.draft_tokenizer.encode(t, add_special_tokens=False)
-                           for r, t in zip(rows, texts)]
-        inner = self.inner.propose(DraftRequest(request.rows, draft_sequences, request.k, 0.0, None))
-        proposals = [self._to_target(g, t, d, request.k) for g, t, d in zip(generated, texts, inner.tokens)]
-        return Proposal(tokens=proposals, forward_calls=inner.forward_calls)
-
-    def _to_target(self, generated: list[int], text: str, draft_ids: list[int], k: int) -> list[int]:
-        ends = bool(draft_ids) and draft_ids[-1] == self.draft_eot
-        words = [t for t in draft_ids if t not in self.draft_specials]
-        draft_text = self.draft_tokenizer.decode(words)
-        # Re-tokenize the whole text so that a word the draft finishes is tokenized as the target would;
-        # if that changes the committed ids, fall back to the draft's text alone.
-        whole = self.target_tokenizer.encode(text + draft_text, add_special_tokens=False)
-        if whole[: len(generated)] == generated:
-            proposal = whole[len(generated):]
-        else:
-            proposal = self.target_tokenizer.encode(draft_text, add_special_tokens=False)
-        if ends and len(proposal) < k:
-            proposal.append(self.target_eot)
-        return proposal[:k]
+def _TextBridgeDrafter(inner: ModelDrafter, draft_tokenizer, target_tokenizer,
+                       draft_prompts: Sequence[Sequence[int]], target_prompt_lengths: Sequence[int]) -> Drafter:
+    """Carries a draft across Whisper tokenizers through text (see ``core.text_bridge``)."""
+    draft_eot = draft_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    target_eot = target_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return TextBridgeDrafter(inner, tokenization(draft_tokenizer, [draft_eot]),
+                             tokenization(target_tokenizer, [target_eot]), target_eot,
+                             draft_prompts, target_prompt_lengths)
 
 
 def _same_encoder(a, b) -> bool:

@@ -1,0 +1,169 @@
+"""The causal-LM adapter and the text drafters on small random-weight models (no downloads, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from whisper_spec.core.loop import DecodeOptions, speculative_decode
+from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier
+from whisper_spec.core.protocols import DraftRequest
+from whisper_spec.core.text_bridge import TextBridgeDrafter, Tokenization
+from whisper_spec.text.drafts import PromptLookupDrafter
+from whisper_spec.text.model import CachedCausalLM
+
+torch.set_num_threads(2)
+VOCAB = 97
+
+
+def _random_lm(kind: str, seed: int, layers: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    shape = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                 tie_word_embeddings=kind == "qwen2")
+    model = Qwen2ForCausalLM(Qwen2Config(**shape)) if kind == "qwen2" else LlamaForCausalLM(LlamaConfig(**shape))
+    with torch.no_grad():  # larger weights than the default init: peaked, varied next-token choices
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"llama": _random_lm("llama", 0), "qwen2": _random_lm("qwen2", 1), "draft": _random_lm("qwen2", 2, 1)}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("pack", [True, False])
+def test_cached_forward_matches_transformers(models, kind, pack):
+    model = models[kind]
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = model(ids).logits  # [2, 24, V]
+    cached = CachedCausalLM(model, pack_weights=pack)
+    cached.begin(2, capacity=8)  # too small on purpose: the cache must grow
+    # ragged rows: row 0 gets 10 tokens, row 1 gets 13 (padding after its real tokens)
+    out = cached.forward_cached(torch.tensor([0, 1]), ids[:, :13], torch.tensor([0, 0]),
+                                torch.tensor([[9, 9], [11, 12]]))
+    torch.testing.assert_close(out[0, 0], reference[0, 9], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[1], reference[1, 11:13], rtol=1e-4, atol=1e-4)
+    # row 0 continues from position 10 (overwriting the padding), alone; then one token at a time
+    out = cached.forward_cached(torch.tensor([0]), ids[:1, 10:20], torch.tensor([10]), torch.arange(10)[None])
+    torch.testing.assert_close(out[0], reference[0, 10:20], rtol=1e-4, atol=1e-4)
+    out = cached.forward_cached(torch.tensor([1]), ids[1:, 13:14], torch.tensor([13]), torch.tensor([[0]]))
+    torch.testing.assert_close(out[0, 0], reference[1, 13], rtol=1e-4, atol=1e-4)
+
+
+def test_restricted_output_vocabulary(models):
+    model = models["llama"]
+    ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(4))
+    keep = list(range(0, VOCAB, 3))
+    cached = CachedCausalLM(model, pack_weights=False, output_ids=keep)
+    cached.begin(1)
+    out = cached.forward_cached(torch.tensor([0]), ids, torch.tensor([0]), torch.tensor([[7]]))[0, 0]
+    with torch.no_grad():
+        reference = model(ids).logits[0, 7]
+    torch.testing.assert_close(out[keep], reference[keep], rtol=1e-4, atol=1e-4)
+    dropped = [i for i in range(VOCAB) if i % 3]
+    assert torch.isneginf(out[dropped]).all()
+
+
+def _transformers_greedy(model, prompt: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _decode(target, drafter_factory, prompts, n, **options):
+    cached = CachedCausalLM(target)
+    cached.begin(len(prompts))
+    verifier = ModelVerifier(cached, len(prompts), cached.vocab_size)
+    return speculative_decode(verifier, drafter_factory(len(prompts)), prompts, [], DecodeOptions(
+        max_new_tokens=n, **options))
+
+
+PROMPTS = [[5, 17, 33, 2, 5, 17, 33, 2, 5, 17, 40], [60, 61, 62, 63, 64, 65, 60, 61, 62], [9, 8, 7]]
+
+
+def _drafter(models, kind):
+    if kind == "none":
+        return lambda b: None
+    if kind == "prompt-lookup":
+        return lambda b: PromptLookupDrafter()
+    source = models["llama"] if kind == "same-model" else models["draft"]
+
+    def make(batch_size):
+        draft = CachedCausalLM(source, pack_weights=False)
+        draft.begin(batch_size)
+        return ModelDrafter(draft, batch_size)
+    return make
+
+
+@pytest.fixture(scope="module")
+def expected(models):
+    return [_transformers_greedy(models["llama"], p, 24) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("kind", ["none", "prompt-lookup", "same-model", "weak-model"])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_greedy_speculative_equals_transformers_greedy(models, expected, kind, adaptive):
+    result = _decode(models["llama"], _drafter(models, kind), PROMPTS, 24, adaptive_draft_length=adaptive,
+                     draft_length=5)
+    assert [list(r.tokens) for r in result.rows] == expected
+    if kind == "same-model" and not adaptive:
+        # the target drafting for itself is always right: every round accepts its whole draft
+        assert result.stats.accepted == result.stats.drafted > 0
+
+
+def test_prompt_lookup_proposes_the_latest_continuation():
+    drafter = PromptLookupDrafter(max_ngram=3, min_ngram=1)
+    # the suffix (1, 2) occurred twice; the latest occurrence (followed by 7, 8) wins
+    assert drafter.lookup([1, 2, 3, 4, 1, 2, 7, 8, 9, 1, 2], 2) == [7, 8]
+    # a longer match beats a more recent shorter one: (5, 1, 2) -> 6
+    assert drafter.lookup([5, 1, 2, 6, 1, 2, 4, 5, 1, 2], 3) == [6, 1, 2]
+    assert drafter.lookup([1, 2, 3], 4) == []  # nothing repeats
+    assert PromptLookupDrafter(max_ngram=2, min_ngram=2).lookup([1, 2, 1, 3, 1], 2) == []
+    proposal = drafter.propose(DraftRequest(torch.tensor([0]), [[4, 4, 4]], 3, 0.0, None))
+    assert proposal.tokens == [[4]] and proposal.forward_calls == 0 and proposal.q_draft is None
+
+
+def test_sampling_with_prompt_lookup_keeps_the_target_distribution(models):
+    """Deterministic proposals are one-hot q_draft: the first token is still distributed as p_target."""
+    target = models["draft"]
+    prompt = [3, 4, 5, 3, 4, 5, 3, 4]
+    with torch.no_grad():
+        p = torch.softmax(target(torch.tensor([prompt])).logits[0, -1] / 1.5, dim=-1)
+    runs = 300  # rows of one batch: each row draws its own tokens
+    result = _decode(target, lambda b: PromptLookupDrafter(), [prompt] * runs, 2, temperature=1.5, seed=0,
+                     adaptive_draft_length=False, draft_length=3)
+    counts = torch.bincount(torch.tensor([r.tokens[0] for r in result.rows]), minlength=VOCAB).float()
+    assert result.stats.drafted > 0  # the prompt repeats, so lookup did propose
+    top = p.topk(3).indices
+    # binomial standard error at 300 draws is below 0.03 for any probability
+    torch.testing.assert_close(counts[top] / runs, p[top], atol=0.09, rtol=0)
+
+
+def test_text_bridge_maps_draft_text_to_target_ids():
+    """A character-level target and a two-character draft vocabulary meet through text."""
+    chars = "abcdefgh "
+    target = Tokenization(encode=lambda s: [chars.index(c) for c in s],
+                          decode=lambda ids: "".join(chars[i] for i in ids),
+                          stop_ids=frozenset({99}), special_ids=frozenset({99}))
+    pairs = ["ab", "cd", "ef", "gh", " a"]
+    draft = Tokenization(encode=lambda s: [pairs.index(s[i:i + 2]) for i in range(0, len(s) - 1, 2)],
+                         decode=lambda ids: "".join(pairs[i] for i in ids),
+                         stop_ids=frozenset({50}), special_ids=frozenset({50}))
+
+    class Scripted:
+        def propose(self, request):
+            assert request.sequences == [[7, 0]]  # draft prompt [7] + "ab" in draft ids
+            from whisper_spec.core.protocols import Proposal
+            return Proposal(tokens=[[1, 2, 50]], forward_calls=3)
+
+    bridge = TextBridgeDrafter(Scripted(), draft, target, 99, draft_prompts=[[7]], target_prompt_lengths=[1])
+    proposal = bridge.propose(DraftRequest(torch.tensor([0]), [[8, 0, 1]], 6, 0.0, None))
+    assert proposal.tokens == [[2, 3, 4, 5, 99]]  # "cdef" then the target's stop id
+    assert proposal.forward_calls == 3
