@@ -28,8 +28,9 @@ class DraftLengthController:
     adaptive: bool = True  # False: always max_draft
     probe_every: int = 8  # rounds at k = 0 between two probes with k = 1
     smoothing: float = 0.3  # weight of the newest round in the running averages
+    margin: float = 0.03  # drafting must promise this much more speed than plain steps: timings are noisy
     alpha: float = 0.8  # running per-token acceptance rate; optimistic start so that drafting is tried
-    _t_draft: float | None = field(default=None, repr=False)  # seconds per draft forward
+    _t_draft: float | None = field(default=None, repr=False)  # seconds per drafted position
     _t_verify: float | None = field(default=None, repr=False)  # seconds per multi-token verify call
     _t_step: float | None = field(default=None, repr=False)  # seconds per one-token target step
     _rounds_at_zero: int = field(default=0, repr=False)
@@ -46,9 +47,11 @@ class DraftLengthController:
         if self._t_draft is None or self._t_verify is None:
             return self.max_draft  # then draft fully once to learn the costs of drafting
         best_k, best_rate = 0, 1.0 / self._t_step
+        # A verify pass does a plain step's work and more, whatever a noisy clock said once.
+        t_verify = max(self._t_verify, self._t_step)
         for k in range(1, self.max_draft + 1):
-            rate = expected_accepted_tokens(self.alpha, k) / (k * self._t_draft + self._t_verify)
-            if rate > best_rate:
+            rate = expected_accepted_tokens(self.alpha, k) / (k * self._t_draft + t_verify)
+            if rate > best_rate * (1.0 + self.margin):
                 best_k, best_rate = k, rate
         if best_k == 0:
             self._rounds_at_zero += 1
@@ -58,20 +61,20 @@ class DraftLengthController:
             self._rounds_at_zero = 0
         return best_k
 
-    def observe(self, *, accepted: int, rejections: int, draft_seconds: float, draft_calls: int,
-                verify_seconds: float, drafted: int) -> None:
-        """Feed back one round, summed over the rows of the batch.
+    def observe(self, *, k: int, accepted: int, rejections: int, draft_seconds: float, verify_seconds: float) -> None:
+        """Feed back one round of draft length ``k``; counts are summed over the rows of the batch.
 
         ``rejections`` counts the rows whose draft was cut short by a disagreement: a row that accepted
         n of its k tokens saw n successes then one failure (or k successes, censored), so
-        accepted / (accepted + rejections) estimates alpha for that geometric process.
+        accepted / (accepted + rejections) estimates alpha for that geometric process. The draft's cost
+        is taken per drafted position, which also prices model-free drafters (no forward calls, but
+        time all the same).
         """
-        if drafted == 0:
+        if k == 0:
             self._t_step = _ema(self._t_step, verify_seconds, self.smoothing)
             return
         trials = accepted + rejections
         if trials:
             self.alpha = _ema(self.alpha, min(accepted / trials, 0.999), self.smoothing)
-        if draft_calls:
-            self._t_draft = _ema(self._t_draft, draft_seconds / draft_calls, self.smoothing)
+        self._t_draft = _ema(self._t_draft, draft_seconds / k, self.smoothing)
         self._t_verify = _ema(self._t_verify, verify_seconds, self.smoothing)

@@ -160,9 +160,8 @@ def speculative_decode(
                 on_tokens(r, new_tokens)
             if not state.stopped and state.generated < options.max_new_tokens:
                 still_active.append(r)
-        controller.observe(accepted=sum(accepted_list), rejections=rejections, draft_seconds=draft_seconds,
-                           draft_calls=draft_calls, verify_seconds=verify_seconds,
-                           drafted=sum(len(d) for d in drafts))
+        controller.observe(k=width, accepted=sum(accepted_list), rejections=rejections,
+                           draft_seconds=draft_seconds, verify_seconds=verify_seconds)
         active = still_active
 
     rows_out = tuple(

@@ -1,0 +1,56 @@
+"""The adaptive draft length: drafts long when acceptance pays, falls back to plain decoding when not."""
+
+from whisper_spec.core.draft_length import DraftLengthController
+from whisper_spec.core.loop import DecodeOptions, speculative_decode
+from whisper_spec.core.model_roles import ModelVerifier
+
+from conftest import HashModel, OracleDrafter
+
+
+def run_rounds(controller, alpha_hit, rounds=60, t_draft=0.1, t_verify=1.0, t_step=1.0):
+    """Feed the controller rounds where each draft token is right iff the previous ones were and hit."""
+    ks = []
+    for _ in range(rounds):
+        k = controller.next_k()
+        ks.append(k)
+        if k == 0:
+            controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=t_step)
+            continue
+        accepted = min(k, alpha_hit)
+        controller.observe(k=k, accepted=accepted, rejections=int(accepted < k), draft_seconds=k * t_draft,
+                           verify_seconds=t_verify)
+    return ks
+
+
+def test_a_draft_that_is_always_right_is_used_at_full_length():
+    ks = run_rounds(DraftLengthController(max_draft=8), alpha_hit=100)
+    assert ks[-20:] == [8] * 20
+
+
+def test_a_draft_that_is_always_wrong_falls_back_to_plain_steps_with_rare_probes():
+    ks = run_rounds(DraftLengthController(max_draft=8, probe_every=8), alpha_hit=0)
+    tail = ks[-40:]
+    assert tail.count(0) >= 34 and max(tail) == 1  # plain decoding, plus k=1 probes
+
+
+def test_an_expensive_verify_pass_needs_more_acceptance_to_be_worth_it():
+    cheap = run_rounds(DraftLengthController(max_draft=8), alpha_hit=1, t_verify=1.0)
+    costly = run_rounds(DraftLengthController(max_draft=8), alpha_hit=1, t_verify=2.5)
+    assert sum(costly[-20:]) < sum(cheap[-20:])
+    assert costly[-20:].count(0) >= 15
+
+
+def test_fixed_length_ignores_measurements():
+    assert run_rounds(DraftLengthController(max_draft=3, adaptive=False), alpha_hit=0)[-5:] == [3] * 5
+
+
+def test_in_the_loop_a_useless_draft_costs_few_extra_target_calls():
+    prompts = [[3, 4, 5]]
+    plain = speculative_decode(ModelVerifier(HashModel(40, 1, 0), 1, 40), None, prompts, [0],
+                               DecodeOptions(max_new_tokens=80))
+    wrong = OracleDrafter({0: list(plain.rows[0].tokens)}, [3], 40, right=False)
+    result = speculative_decode(ModelVerifier(HashModel(40, 1, 0), 1, 40), wrong, prompts, [0],
+                                DecodeOptions(max_new_tokens=80, draft_length=6))
+    assert result.rows[0].tokens == plain.rows[0].tokens
+    assert result.stats.target_calls == plain.stats.target_calls  # a rejected draft still yields a token
+    assert result.stats.drafted < 0.5 * result.stats.tokens  # drafting mostly switched off
