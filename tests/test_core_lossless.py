@@ -36,6 +36,9 @@ def test_oracle_drafters_never_change_the_greedy_output(seed, k, right):
     result = speculative_decode(ModelVerifier(model, len(PROMPTS), VOCAB), drafter, PROMPTS, [STOP],
                                 DecodeOptions(max_new_tokens=30, draft_length=k, adaptive_draft_length=False))
     assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
+    for row in result.rows:
+        assert len(row.from_draft) == len(row.tokens)
+        assert sum(row.from_draft) == row.stats.accepted or (row.stopped and sum(row.from_draft) <= row.stats.accepted)
     if right:
         # every proposal is accepted, so each target call yields up to k+1 tokens
         assert result.stats.accepted == result.stats.drafted

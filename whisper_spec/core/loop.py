@@ -40,6 +40,7 @@ class DecodeOptions:
 @dataclass(frozen=True)
 class DecodedRow:
     tokens: tuple[int, ...]  # generated ids, prompt excluded, stop token included when reached
+    from_draft: tuple[bool, ...]  # per token: True = an accepted draft token, False = the target's own
     stopped: bool  # True: a stop token ended the row; False: max_new_tokens did
     stats: SpeculationStats  # counts for this row (a batched call counts once for every row it served)
 
@@ -66,6 +67,7 @@ class _RowState:
     verify_seconds: float = 0.0
     stopped: bool = False
     histogram: dict | None = None
+    from_draft: list[bool] | None = None
 
     @property
     def generated(self) -> int:
@@ -83,7 +85,7 @@ def speculative_decode(
 ) -> DecodeResult:
     """Decode every prompt to a stop token or ``max_new_tokens``; greedy output equals the target's own."""
     stops = frozenset(stop_token_ids)
-    states = [_RowState(list(p), len(p), histogram={}) for p in prompts]
+    states = [_RowState(list(p), len(p), histogram={}, from_draft=[]) for p in prompts]
     active = list(range(len(states)))
     controller = DraftLengthController(options.draft_length if drafter is not None else 0,
                                        adaptive=options.adaptive_draft_length)
@@ -143,6 +145,7 @@ def speculative_decode(
                     state.stopped = True
                     break
             new_tokens = new_tokens[: options.max_new_tokens - state.generated]
+            state.from_draft.extend(j < n for j in range(len(new_tokens)))
             state.sequence.extend(new_tokens)
             state.rounds += 1
             state.drafted += len(draft)
@@ -167,6 +170,7 @@ def speculative_decode(
     rows_out = tuple(
         DecodedRow(
             tokens=tuple(s.sequence[s.prompt_length:]),
+            from_draft=tuple(s.from_draft),
             stopped=s.stopped,
             stats=SpeculationStats(
                 tokens=s.generated, rounds=s.rounds, drafted=s.drafted, accepted=s.accepted,
