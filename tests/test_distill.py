@@ -1,0 +1,212 @@
+"""Distilled drafts (whisper_spec.distill): vocabulary mapping, checkpoints, training, lossless decoding.
+
+Needs the offline checkpoints (``pip install 'whisper-spec[offline]'``) and the Debian packages
+``asterisk-core-sounds-en-wav`` (Allison's prompts: training audio) and ``pocketsphinx-testdata``
+(LibriVox: held-out real speech). The training test labels 40 prompts with base and trains for 40
+steps; the file takes a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from whisper_spec.distill.data import TargetLabeler, TargetRecord, audio_files
+from whisper_spec.distill.draft import (
+    DistilledDraft,
+    WrongTargetError,
+    _FullVocabulary,
+    find_draft_file,
+    load_draft,
+    save_draft,
+    shipped_drafts,
+)
+from whisper_spec.distill.model import DistilledDecoder, restricted_index, to_restricted
+from whisper_spec.distill.train import TrainOptions, build_vocabulary, simulate_rounds, train_draft
+from whisper_spec.whisper.checkpoints import load_whisper
+from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_whisper("base")
+
+
+# ---- vocabulary mapping (hand-made tensors) ----
+
+def test_restricted_rows_map_to_and_from_full_ids():
+    vocab_ids = torch.tensor([3, 7, 10, 50257, 50300])
+    assert to_restricted(vocab_ids, torch.tensor([[7, 3], [50300, 8]])).tolist() == [[1, 0], [4, -1]]
+    assert to_restricted(vocab_ids, torch.tensor([99999])).tolist() == [-1]  # past the last id
+    assert restricted_index(vocab_ids, [10, 11, 50257, 3]).tolist() == [0, 2, 3]
+
+
+def test_full_vocabulary_view_scatters_scores_to_their_ids():
+    class Restricted:
+        device = torch.device("cpu")
+
+        def forward_cached(self, rows, tokens, start, output_index):
+            return torch.tensor([[[0.5, 2.0, -1.0]]]).expand(len(rows), output_index.shape[1], 3)
+
+    view = _FullVocabulary(Restricted(), torch.tensor([4, 9, 11]), vocab_size=12)
+    logits = view.forward_cached(torch.tensor([0]), torch.zeros(1, 1, dtype=torch.long),
+                                 torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+    assert logits.shape == (1, 1, 12)
+    assert logits[0, 0, [4, 9, 11]].tolist() == [0.5, 2.0, -1.0]
+    assert logits[0, 0].argmax().item() == 9
+    assert torch.isinf(logits[0, 0, [0, 1, 2, 3, 5, 6, 7, 8, 10]]).all()
+
+
+def test_vocabulary_holds_labels_specials_and_common_ids(base):
+    class Example:
+        tokens = torch.tensor([50258, 50259, 50359, 50363, 40000, 23456, 50257])
+
+    ids = build_vocabulary([Example()], base.tokenizer, 51865, common_tokens=100)
+    assert ids.tolist() == sorted(set(ids.tolist()))
+    assert {40000, 23456}.issubset(ids.tolist()) and set(range(100)).issubset(ids.tolist())
+    assert set(base.tokenizer.all_special_ids).issubset(ids.tolist())
+    assert 30000 not in ids.tolist()
+
+
+def test_simulated_rounds_count_runs_of_agreement():
+    # k=3: round 1 accepts 2 (third wrong) + target token; round 2 at position 3 accepts 3; round 3 at 7 accepts
+    # the final end-of-text alone: drafted 3 + 3 + 1
+    agree = [True, True, False, True, True, True, True, True]
+    assert simulate_rounds(agree, 3) == (3, 7, 6)
+    assert simulate_rounds([False] * 4, 2) == (4, 2 + 2 + 2 + 1, 0)
+
+
+# ---- checkpoints ----
+
+def _perturbed_draft(base, vocab_ids) -> DistilledDecoder:
+    model = DistilledDecoder(base.model.model.decoder, (0,), vocab_ids)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def test_teacher_forced_pass_matches_the_cached_decoder(base):
+    """Training and inference must compute the same function, or held-out acceptance means nothing."""
+    model = _perturbed_draft(base, torch.arange(0, 51865, 7))
+    encoder = torch.randn(2, 1500, 512)
+    tokens = torch.tensor([[50258, 50259, 50359, 50363, 440, 2068], [50258, 50259, 50359, 50363, 1012, 17]])
+    with torch.no_grad():
+        teacher_forced = model(tokens, model.cross_keys_values(encoder))
+    cached = CachedWhisperDecoder(model, output_weight=model.output_weight)
+    cached.begin(encoder)
+    positions = torch.arange(6).expand(2, -1)
+    incremental = cached.forward_cached(torch.arange(2), tokens[:, :4], torch.zeros(2, dtype=torch.long), positions[:, :4])
+    rest = cached.forward_cached(torch.arange(2), tokens[:, 4:], torch.full((2,), 4), torch.tensor([[0, 1], [0, 1]]))
+    torch.testing.assert_close(torch.cat([incremental, rest], 1), teacher_forced, rtol=1e-4, atol=1e-4)
+
+
+def test_save_load_round_trip_keeps_only_new_weights(base, tmp_path):
+    vocab_ids = torch.tensor(sorted(set(range(300)) | set(base.tokenizer.all_special_ids)))
+    model = _perturbed_draft(base, vocab_ids)
+    path = save_draft(model, TargetRecord.of(base), tmp_path / "draft.pt", training={"steps": 3})
+    # one layer (~3.2M trained weights) + 407 output rows, float16; none of the target's 51,865-row embedding
+    assert path.stat().st_size < 8 * 2**20
+    loaded = load_draft(path, base)
+    assert loaded.vocab_ids.tolist() == vocab_ids.tolist() and loaded.init_layers == (0,)
+    for name, value in model.own_state().items():
+        if name == "vocab_ids":
+            continue
+        torch.testing.assert_close(loaded.own_state()[name], value.to(torch.float16).float(), rtol=0, atol=0)
+    # the frozen cross-attention projections come back from the target itself
+    assert torch.equal(loaded.layers[0].encoder_attn.k_proj.weight, base.model.model.decoder.layers[0].encoder_attn.k_proj.weight)
+    assert find_draft_file(str(path), "base") == path
+
+
+def test_loading_for_another_target_is_a_clear_error(base, tmp_path):
+    model = DistilledDecoder(base.model.model.decoder, (-1,), torch.arange(0, 51865, 100))
+    path = save_draft(model, TargetRecord.of(base), tmp_path / "for-base.pt")
+    with pytest.raises(WrongTargetError, match=r"distilled for target 'base'.*whisper-spec distill --target tiny.en"):
+        load_draft(path, load_whisper("tiny.en"))
+    with pytest.raises(ValueError, match="not a whisper-spec distilled draft"):
+        torch.save({"weights": 1}, tmp_path / "other.pt")
+        load_draft(tmp_path / "other.pt", base)
+
+
+# ---- training and decoding on real speech ----
+
+@pytest.fixture(scope="module")
+def short_training(base, tmp_path_factory):
+    """40 Allison prompts labelled by base (packed into windows) and a 40-step training run."""
+    files = audio_files(ALLISON)
+    train_files, held_files = files[40:80:2] + files[200:240:2], files[400:440:2]
+    cache = tmp_path_factory.mktemp("labels")
+    labeler = TargetLabeler(base, cache, language="en")
+    train = labeler.examples(train_files, pack_seconds=15)
+    held_out = labeler.examples(held_files, pack_seconds=15)
+    options = TrainOptions(steps=40, batch_size=2, eval_every=20, learning_rate=5e-4, warmup_steps=5,
+                           common_tokens=1000)
+    output = tmp_path_factory.mktemp("draft") / "draft.pt"
+    return train_draft(base, train, held_out, output, options, progress=False), train, held_out
+
+
+def test_short_training_beats_the_untrained_draft(short_training):
+    result, train, held_out = short_training
+    assert len(train) >= 3 and len(held_out) >= 1
+    assert result.steps == 40 and result.path.is_file()
+    assert result.final.acceptance_rate > result.initial.acceptance_rate + 0.05, (result.initial, result.final)
+    assert result.final.mean_accepted_length > result.initial.mean_accepted_length
+
+
+def test_training_resumes_from_its_state(base, short_training):
+    result, train, held_out = short_training
+    state = result.path.with_name(result.path.name + ".train-state")
+    assert state.is_file()
+    again = train_draft(base, train, held_out, result.path,
+                        TrainOptions(steps=40, batch_size=2, eval_every=20, learning_rate=5e-4, warmup_steps=5,
+                                     common_tokens=1000), progress=False)
+    assert again.steps == 40 and again.initial == result.initial and again.final == result.final
+
+
+def _librivox_clip(name: str):
+    from whisper_spec.audio import load_audio
+
+    path = LIBRIVOX / f"{name}.wav"
+    assert path.is_file(), f"{path} missing: apt-get install pocketsphinx-testdata"
+    return load_audio(path)
+
+
+@pytest.mark.parametrize("which", ["trained-here", "shipped"])
+def test_distilled_draft_output_is_token_identical_on_real_speech(base, short_training, which):
+    path = short_training[0].path if which == "trained-here" else find_draft_file("distilled", "base")
+    engine = SpeculativeWhisper(base)
+    audio = [_librivox_clip("sense_and_sensibility_01_austen_64kb-0870"),
+             _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
+    options = WindowOptions(language="en")
+    plain = engine.decode_windows(audio, options)
+    drafted = engine.with_draft(DistilledDraft.load(path, base)).decode_windows(audio, options)
+    assert [w.tokens for w in drafted] == [w.tokens for w in plain]
+    assert "John Dashwood" in plain[0].text
+    assert sum(w.stats.drafted for w in drafted) > 0
+    if which == "shipped":  # the shipped draft is good on held-out speech, not merely harmless
+        accepted = sum(w.stats.accepted for w in drafted)
+        assert accepted / sum(w.stats.drafted for w in drafted) > 0.4
+
+
+def test_shipped_draft_resolves_by_short_name(base):
+    from whisper_spec.whisper.drafts import resolve_draft
+
+    assert "base-distilled" in shipped_drafts()
+    draft = resolve_draft("distilled", base)
+    assert isinstance(draft, DistilledDraft) and draft.kind == "shared-encoder"
+    assert isinstance(resolve_draft("base-distilled", base), DistilledDraft)
+    with pytest.raises(FileNotFoundError):
+        resolve_draft("/nonexistent/draft.pt", base)
