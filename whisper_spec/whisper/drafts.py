@@ -122,13 +122,19 @@ def _same_encoder(a, b) -> bool:
 def resolve_draft(spec: str, target, device=None, dtype=None) -> WhisperDraft:
     """Turn a draft spec into a draft for ``target`` (a ``WhisperCheckpoint``).
 
-    Specs: ``layers:0,5`` (the target's own decoder layers, reading its encoder outputs), or any name
+    Specs: ``layers:0,5`` (the target's own decoder layers, reading its encoder outputs), a distilled
+    draft (a ``.pt`` file made by ``whisper-spec distill``, a shipped one's short name such as
+    ``base-distilled``, or ``distilled`` for the one shipped for the target), or any name
     ``load_whisper`` resolves. A checkpoint with the target's tokenizer becomes a shared-encoder draft
     when its encoder is bit-identical to the target's, else a separate-encoder draft; a checkpoint with
     another tokenizer becomes a cross-tokenizer draft.
     """
+    from whisper_spec.distill.draft import DistilledDraft, find_draft_file
     from whisper_spec.whisper.checkpoints import load_whisper
 
+    distilled = find_draft_file(spec, target.name)
+    if distilled is not None:
+        return DistilledDraft.load(distilled, target)
     eot = target.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     if spec.startswith("layers:"):
         decoder = target.model.model.decoder
