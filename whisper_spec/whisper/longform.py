@@ -42,6 +42,9 @@ class LongformOptions:
     logprob_threshold: float | None = -1.0  # ... unless its average log-probability is above this
     compression_ratio_threshold: float | None = 2.4  # drop a window whose text gzips better than this (a loop)
     word_timestamps: bool = False  # align words to the audio (cross-attention + DTW)
+    # a window quieter than this (RMS, dB below full scale) is silence, skipped without decoding: on digital
+    # silence Whisper is sure of a word ("you") and the no-speech check alone lets it through
+    silence_db: float | None = -60.0
 
     def __post_init__(self) -> None:
         if self.word_timestamps and not self.window.timestamps:
@@ -101,7 +104,7 @@ class WindowRequest:
     language: str | None  # None: detect (first window of a multilingual file)
 
 
-@dataclass
+@dataclass(eq=False)
 class LongformFile:
     """One file's progress through the window algorithm: ask ``next_window``, hand its result to ``accept``."""
 
@@ -130,11 +133,25 @@ class LongformFile:
     def seconds_done(self) -> float:
         return min(self.seek, self.frames) * HOP_LENGTH / SAMPLE_RATE
 
-    def next_window(self) -> WindowRequest:
-        start = self.seek * HOP_LENGTH
-        audio = self.samples[start: start + WINDOW_FRAMES * HOP_LENGTH]
+    def next_window(self) -> WindowRequest | None:
+        """The window to decode next, or None when the rest of the file is silence (the file is then done)."""
+        while not self.done:
+            start = self.seek * HOP_LENGTH
+            audio = self.samples[start: start + WINDOW_FRAMES * HOP_LENGTH]
+            if not self._silent(audio):
+                break
+            self.skipped += 1
+            self.seek += min(WINDOW_FRAMES, self.frames - self.seek)
+        else:
+            return None
         previous = tuple(self.history[self.prompt_start:][-MAX_PREVIOUS_TOKENS:])
         return WindowRequest(audio, previous, self.language)
+
+    def _silent(self, audio: np.ndarray) -> bool:
+        if self.options.silence_db is None:
+            return False
+        rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+        return rms == 0.0 or 20 * np.log10(rms) < self.options.silence_db
 
     def accept(self, window: DecodedWindow, wall_seconds: float) -> list[Segment]:
         """Advance past ``window`` (the result for ``next_window()``); returns the segments it completed."""
@@ -265,14 +282,20 @@ def decode_files(engine: SpeculativeWhisper, files: Iterable[tuple[Hashable, np.
             except StopIteration:
                 exhausted = True
                 break
-            state = LongformFile(engine, samples, options)
-            if state.done:  # too short for even one mel frame
-                yield Progress(key, (), 0.0, state.result())
+            active.append((key, LongformFile(engine, samples, options)))
+        ready = []
+        for key, state in active:
+            request = state.next_window()
+            if request is None:  # nothing (more) to decode: too short, or silence to the end
+                yield Progress(key, (), state.seconds_done, state.result())
             else:
-                active.append((key, state))
-        if not active:
-            return
-        requests = [state.next_window() for _, state in active]
+                ready.append((key, state, request))
+        active = [(key, state) for key, state, _ in ready]
+        requests = [request for _, _, request in ready]
+        if not requests:
+            if exhausted:
+                return
+            continue
         started = time.perf_counter()
         windows = engine.decode_windows([r.audio for r in requests], window_options,
                                         previous=[r.previous for r in requests],
