@@ -293,15 +293,15 @@ def _speculative(report: Report) -> list[ConfigurationSummary]:
 
 def plot_speedup_vs_acceptance(run: EvalRun, report: Report, path: Path) -> Path:
     """Per-file speed-up over the baseline against per-file acceptance rate, one colour per configuration."""
-    baseline = {(r.configuration, r.file_id): r for r in run.records}
+    by_key = {(r.configuration, r.file_id): r for r in run.records}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in _speculative(report):
         if s.engine != "ours":
             continue
         base_name = Configuration("ours", s.target, None).name
-        points = [(r.acceptance_rate, baseline[(base_name, r.file_id)].seconds / r.seconds)
+        points = [(r.acceptance_rate, by_key[(base_name, r.file_id)].seconds / r.seconds)
                   for r in run.records if r.configuration == s.name and r.acceptance_rate is not None
-                  and (base_name, r.file_id) in baseline]
+                  and (base_name, r.file_id) in by_key]
         if points:
             xs, ys = zip(*points)
             line = ax.scatter(xs, ys, s=14, alpha=0.5, label=s.name)

@@ -15,6 +15,8 @@ median time of a (file, configuration) is kept. On a GPU the clock is read after
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 import statistics
@@ -231,6 +233,7 @@ class MemoryProbe:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
+            _return_free_memory()
             self._start = _resident_bytes()
             self._peak = self._start
             self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -250,6 +253,16 @@ class MemoryProbe:
             self._stop.set()
             self._thread.join()
             self.peak_bytes = max(self._peak, _resident_bytes()) - self._start
+
+
+def _return_free_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them), so that resident memory at the start
+    of a call does not already include room left over from an earlier call, which would hide its growth."""
+    name = ctypes.util.find_library("c")
+    if name:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
 
 
 def _resident_bytes() -> int:
