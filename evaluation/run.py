@@ -190,9 +190,12 @@ class _OursRunner:
 
     def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
         options = self.options
+        # One plain greedy window, as transformers' short-form generate decodes it: without the long-form
+        # rules that drop silent windows or repetition loops, which the peers do not apply.
         result = transcribe(samples, self.configuration.target, self.configuration.draft, device=options.device,
                             dtype=options.resolved_dtype, language=language, draft_length=options.draft_length,
-                            adaptive_draft_length=options.adaptive_draft_length)
+                            adaptive_draft_length=options.adaptive_draft_length, timestamps=False,
+                            no_speech_threshold=None, logprob_threshold=None, compression_ratio_threshold=None)
         stats = result.stats
         return _Output(result.tokens, result.text, stats.target_calls, stats.draft_calls,
                        stats.rounds, stats.drafted, stats.accepted)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_ALLISON = 60  # Allison prompts in the default set: with LibriVox, about 8 of the 15 minutes on 2 CPU cores
@@ -17,7 +18,7 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "eval", help="measure WER, parity, latency and speed-up against the baseline and transformers",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__)
     data = parser.add_argument_group("data (with none of these: --librivox and --allison %d)" % DEFAULT_ALLISON)
     data.add_argument("--manifest", action="append", default=[], metavar="JSONL",
                       help="a manifest file (JSON lines: audio, text, optional id and language); repeatable")
@@ -25,21 +26,28 @@ def add_parser(subparsers) -> None:
                       help="add the 5 LibriVox clips of the Debian package pocketsphinx-testdata")
     data.add_argument("--allison", type=int, default=None, metavar="N",
                       help="add the first N of Allison's telephone prompts (Debian asterisk-core-sounds-en[-wav])")
+    data.add_argument("--librispeech", type=int, default=None, metavar="N",
+                      help="add the first N utterances of LibriSpeech test-clean from the Hugging Face hub "
+                           "(needs the datasets package and a reachable hub)")
+    data.add_argument("--tts-texts", default=None, metavar="TXT",
+                      help="add speech synthesised with hibari-tts from each non-empty line of this text file")
     data.add_argument("--limit", type=int, default=None, metavar="N",
                       help="keep only the first N files of all the data selected")
     parser.add_argument("--config", action="append", default=None, metavar="ENGINE:TARGET[+DRAFT]",
                         help="a configuration to run, e.g. ours:base+tiny.en or transformers:base+base; repeatable "
                              f"(default: {' '.join(DEFAULT_CONFIGURATIONS)})")
-    parser.add_argument("--out", default="eval-report", help="folder for report.md, report.json and the plots")
+    parser.add_argument("--out", default="eval-report",
+                        help="folder for report.md, report.json and the plots (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="timed calls per file and configuration; the median is reported")
+                        help="timed calls per file and configuration; the median is reported (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed warm-up call of each configuration")
     parser.add_argument("--draft-length", type=int, default=6,
-                        help="the most draft tokens per round (transformers: the assistant's initial length)")
+                        help="the most draft tokens per round (transformers: the assistant's initial length; "
+                             "default: %(default)s)")
     parser.add_argument("--fixed-draft-length", action="store_true",
                         help="always draft --draft-length tokens (ours) instead of adapting it to acceptance")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="model precision (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -54,19 +62,27 @@ def add_parser(subparsers) -> None:
     timing.add_argument("--timing-architecture", default="large-v3",
                         help="shapes to build: large-v3 (with distil-large-v3 as draft) or tiny (for tests)")
     timing.add_argument("--timing-probabilities", default="0.5,0.6,0.7,0.8,0.9,0.95",
-                        help="comma-separated chances that each oracle draft token is right")
-    timing.add_argument("--timing-tokens", type=int, default=128, help="tokens decoded per window")
-    timing.add_argument("--timing-batch", type=int, default=1, help="windows decoded together")
-    timing.add_argument("--timing-repeats", type=int, default=3, help="timed decodes per point (median kept)")
+                        help="comma-separated chances that each oracle draft token is right (default: %(default)s)")
+    timing.add_argument("--timing-tokens", type=int, default=128,
+                        help="tokens decoded per window (default: %(default)s)")
+    timing.add_argument("--timing-batch", type=int, default=1, help="windows decoded together (default: %(default)s)")
+    timing.add_argument("--timing-repeats", type=int, default=3,
+                        help="timed decodes per point, median kept (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
 def _entries(args):
-    from evaluation.manifests import allison_manifest, librivox_manifest, read_manifest
+    from evaluation.manifests import (
+        allison_manifest,
+        huggingface_manifest,
+        librivox_manifest,
+        read_manifest,
+        tts_manifest,
+    )
 
     names, entries = [], []
     allison = args.allison
-    if not (args.manifest or args.librivox or allison):
+    if not (args.manifest or args.librivox or allison or args.librispeech or args.tts_texts):
         args.librivox, allison = True, DEFAULT_ALLISON
     if args.librivox:
         entries += librivox_manifest()
@@ -75,6 +91,13 @@ def _entries(args):
         chosen = allison_manifest(limit=allison)
         entries += chosen
         names.append(f"Allison prompts (asterisk-core-sounds-en, first {len(chosen)})")
+    if args.librispeech:
+        entries += huggingface_manifest(out_dir=Path(args.out) / "librispeech", limit=args.librispeech)
+        names.append(f"LibriSpeech test-clean (first {args.librispeech})")
+    if args.tts_texts:
+        texts = [line.strip() for line in Path(args.tts_texts).read_text(encoding="utf-8").splitlines() if line.strip()]
+        entries += tts_manifest(texts, Path(args.out) / "tts")
+        names.append(f"hibari-tts speech of {args.tts_texts} ({len(texts)} lines)")
     for path in args.manifest:
         entries += read_manifest(path)
         names.append(str(path))
@@ -128,8 +151,6 @@ def run(args) -> int:
             timing = run_timing(timing_options, on_step=lambda label: (bar.set_postfix_str(label), bar.update()))
         print(timing_table(timing))
         if args.timing_only:
-            from pathlib import Path
-
             Path(args.out).mkdir(parents=True, exist_ok=True)
             print(f"chart: {plot_timing(timing, Path(args.out) / 'timing_speedup_vs_acceptance.png')}")
             return 0
