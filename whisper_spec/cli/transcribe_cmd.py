@@ -27,6 +27,7 @@ from whisper_spec.transcribe import DEFAULT, TranscribeOptions, Transcription, l
 from whisper_spec.whisper.longform import decode_files
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4", ".mkv")
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     done: list[Transcription] = []
     if todo:
         engine = load_pipeline(target, draft, args.device, DTYPES.get(args.dtype))
-        bar = tqdm(total=round(sum(seconds.values()), 1), unit="s", unit_scale=True, desc="audio",
+        bar = tqdm(total=sum(seconds.values()), unit="s", unit_scale=True, desc="audio", bar_format=BAR_FORMAT,
                    disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
         progress: dict[Job, float] = {}
         file_started: dict[Job, float] = {}
@@ -172,9 +173,9 @@ def run(args: argparse.Namespace) -> int:
             before = progress.get(job, 0.0)
             progress[job] = step.seconds_done
             if step.result is None:
-                bar.update(step.seconds_done - before)
+                bar.update(min(step.seconds_done, seconds[job]) - min(before, seconds[job]))
                 continue
-            bar.update(seconds[job] - before)
+            bar.update(max(0.0, seconds[job] - before))
             result = Transcription.from_longform(step.result, target, draft,
                                                  time.perf_counter() - file_started[job])
             write_outputs(result, job.stem, formats)
