@@ -4,7 +4,6 @@ on manifests of real speech, written as report.md, report.json and PNG plots; op
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
