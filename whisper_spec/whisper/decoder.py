@@ -5,7 +5,9 @@ here keys and values are written at explicit positions, so a rejected draft is f
 next pass overwrites its slots) and every row of a batch can sit at its own length. Cross-attention keys
 and values are computed once per window (``begin``) and reused by every pass. The module reuses the
 transformers decoder's own weights (no copy), optionally only some of its layers: a draft made of the
-target's first and last layers is one of the draft kinds.
+target's first and last layers is one of the draft kinds. Linear maps go through ``Projection``, which
+keeps a multi-token verify pass cheap on a CPU (see ``whisper_spec.projection``); their weights are
+taken as they are when the decoder is built.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from whisper_spec.projection import Projection
 
 
 class CachedWhisperDecoder(nn.Module):
@@ -34,6 +38,16 @@ class CachedWhisperDecoder(nn.Module):
         self.layers = nn.ModuleList([decoder.layers[i] for i in chosen])
         self.layer_norm = decoder.layer_norm
         self.output_weight = self.embed_tokens.weight if output_weight is None else output_weight
+        head = nn.Linear(self.output_weight.shape[1], self.output_weight.shape[0], bias=False,
+                         device=self.output_weight.device, dtype=self.output_weight.dtype)
+        head.weight = nn.Parameter(self.output_weight.detach(), requires_grad=False)  # shared, not copied
+        self._head = Projection([head])
+        self._qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in self.layers]
+        self._self_out = [Projection([l.self_attn.out_proj]) for l in self.layers]
+        self._cross_q = [Projection([l.encoder_attn.q_proj]) for l in self.layers]
+        self._cross_out = [Projection([l.encoder_attn.out_proj]) for l in self.layers]
+        self._fc1 = [Projection([l.fc1]) for l in self.layers]
+        self._fc2 = [Projection([l.fc2]) for l in self.layers]
         first = self.layers[0].self_attn
         self.num_heads = first.num_heads
         self.head_dim = first.head_dim
@@ -92,30 +106,29 @@ class CachedWhisperDecoder(nn.Module):
             mask = (torch.arange(keys, device=device)[None, None, :] <= positions[:, :, None])[:, None]
         x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
         row_index = rows[:, None]
+        n = b * t
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.self_attn_layer_norm(x)
-            q = self._heads(attn.q_proj(h))
-            k_new = attn.k_proj(h).view(b, t, self.num_heads, self.head_dim)
-            v_new = attn.v_proj(h).view(b, t, self.num_heads, self.head_dim)
-            self._self_k[i][row_index, :, write_positions] = k_new
-            self._self_v[i][row_index, :, write_positions] = v_new
+            h = layer.self_attn_layer_norm(x).view(n, -1)
+            q, k_new, v_new = self._qkv[i](h)
+            q = self._heads(q.view(b, t, -1))
+            self._self_k[i][row_index, :, write_positions] = k_new.view(b, t, self.num_heads, self.head_dim)
+            self._self_v[i][row_index, :, write_positions] = v_new.view(b, t, self.num_heads, self.head_dim)
             k_all, v_all = self._self_k[i][:, :, :keys], self._self_v[i][:, :, :keys]
             if not whole_batch:
                 k_all, v_all = k_all.index_select(0, rows), v_all.index_select(0, rows)
             out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-            x = x + attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+            x = x + self._self_out[i](out.transpose(1, 2).reshape(n, -1))[0].view(b, t, -1)
 
-            cross = layer.encoder_attn
-            h = layer.encoder_attn_layer_norm(x)
-            q = self._heads(cross.q_proj(h))
+            h = layer.encoder_attn_layer_norm(x).view(n, -1)
+            q = self._heads(self._cross_q[i](h)[0].view(b, t, -1))
             k_enc, v_enc = self._cross_k[i], self._cross_v[i]
             if not whole_batch:
                 k_enc, v_enc = k_enc.index_select(0, rows), v_enc.index_select(0, rows)
             out = F.scaled_dot_product_attention(q, k_enc, v_enc)
-            x = x + cross.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+            x = x + self._cross_out[i](out.transpose(1, 2).reshape(n, -1))[0].view(b, t, -1)
 
-            h = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+            h = layer.final_layer_norm(x).view(n, -1)
+            x = x + self._fc2[i](layer.activation_fn(self._fc1[i](h)[0]))[0].view(b, t, -1)
         x = x.gather(1, output_index.to(device)[:, :, None].expand(-1, -1, x.shape[-1]))
-        return self.layer_norm(x) @ self.output_weight.T
+        outputs = x.shape[1]
+        return self._head(self.layer_norm(x).view(b * outputs, -1))[0].view(b, outputs, -1)
