@@ -12,7 +12,6 @@ import torch
 
 from evaluation.manifests import allison_manifest, longform_manifest
 from evaluation.metrics import wer
-from evaluation.text_normalizer import normalize_english
 from whisper_spec.audio import SAMPLE_RATE, load_audio
 from whisper_spec.transcribe import Transcription, load_pipeline, transcribe
 from whisper_spec.whisper.drafts import resolve_draft
@@ -164,7 +163,7 @@ def test_two_minutes_of_speech_give_the_same_segments_with_and_without_speculati
     assert starts == sorted(starts) and len(baseline.segments) >= 8
     assert all(s.start < s.end <= baseline.audio_seconds + 0.5 for s in baseline.segments)
     assert baseline.segments[-1].end > 90
-    assert wer(normalize_english(two_minutes.text), normalize_english(baseline.text)) < 0.15
+    assert wer([two_minutes.text], [baseline.text]) < 0.15  # 0.04 measured
 
 
 def test_silence_is_skipped_without_decoding():
