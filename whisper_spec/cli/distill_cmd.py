@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--held-out", action="append", type=Path, default=[],
                         help="a folder of held-out audio for the acceptance score; default: every 10th training window")
     parser.add_argument("--output", type=Path, required=True, help="where to write the draft (.pt)")
-    parser.add_argument("--layers", default="-1",
-                        help="comma-separated target layers the draft starts from, e.g. -1 or 0,-1 (default -1)")
+    parser.add_argument("--layers", default="0",
+                        help="comma-separated target layers the draft starts from, e.g. 0 or 0,-1 (default 0)")
     parser.add_argument("--steps", type=int, default=TrainOptions.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size, help="windows per step")
     parser.add_argument("--learning-rate", type=float, default=TrainOptions.learning_rate, help="peak AdamW learning rate")

@@ -148,6 +148,9 @@ class TargetLabeler:
         self.language = language
         self.folder = Path(cache_dir or default_cache_dir()) / self.record.fingerprint
         self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder)
+        weight = checkpoint.model.model.decoder.embed_tokens.weight
+        identity = torch.eye(weight.shape[1], device=weight.device, dtype=weight.dtype)
+        self.hidden_decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, output_weight=identity)
         self.eot = checkpoint.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         config = checkpoint.generation_config
         self.suppress = tuple(config.suppress_tokens or ())
@@ -207,29 +210,23 @@ class TargetLabeler:
             if tokens[-1] != self.eot:  # ran out of positions: the label still ends the window
                 tokens = tokens[: self.decoder.max_positions - 1] + [self.eot]
             sequences.append(tokens)
-        states = self._final_hidden(sequences)
+        states = self._final_hidden(sequences, hidden)
         return [DistillExample(id=ids[i], encoder_hidden=hidden[i].to("cpu", torch.float16).clone(),
                                tokens=torch.tensor(tokens, dtype=torch.long), prompt_length=len(prompts[i]),
                                target_hidden=states[i, : len(tokens) - 1].to("cpu", torch.float16).clone())
                 for i, tokens in enumerate(sequences)]
 
-    def _final_hidden(self, sequences: Sequence[Sequence[int]]) -> Tensor:
+    def _final_hidden(self, sequences: Sequence[Sequence[int]], encoder_hidden: Tensor) -> Tensor:
         """[B, T-1, D] the target's layer-normed final hidden states over each sequence but its last token.
 
-        One teacher-forced pass of the cached decoder (its cross-attention keys/values are already
-        computed), with the identity as output projection so that "logits" are the hidden states.
+        One teacher-forced pass of a cached decoder whose output projection is the identity, so that
+        its "logits" are the hidden states.
         """
-        decoder = self.decoder
         width = max(len(s) for s in sequences) - 1
         tokens = torch.zeros(len(sequences), width, dtype=torch.long)
         for i, sequence in enumerate(sequences):
             tokens[i, : len(sequence) - 1] = torch.tensor(sequence[:-1])
-        projection = decoder.output_weight
-        decoder.output_weight = torch.nn.Parameter(
-            torch.eye(projection.shape[1], device=decoder.device, dtype=decoder.dtype), requires_grad=False)
-        try:
-            positions = torch.arange(width).expand(len(sequences), -1)
-            return decoder.forward_cached(torch.arange(len(sequences)), tokens,
-                                          torch.zeros(len(sequences), dtype=torch.long), positions)
-        finally:
-            decoder.output_weight = projection
+        self.hidden_decoder.begin(encoder_hidden)
+        positions = torch.arange(width).expand(len(sequences), -1)
+        return self.hidden_decoder.forward_cached(torch.arange(len(sequences)), tokens,
+                                                  torch.zeros(len(sequences), dtype=torch.long), positions)

@@ -28,7 +28,7 @@ from whisper_spec.distill.model import DistilledDecoder, restricted_index, to_re
 
 @dataclass(frozen=True)
 class TrainOptions:
-    init_layers: tuple[int, ...] = (-1,)  # target layers the draft starts from (2 layers: (0, -1), distil-whisper's)
+    init_layers: tuple[int, ...] = (0,)  # target layers the draft starts from (2 layers: (0, -1), distil-whisper's)
     common_tokens: int = 4096  # also emit ids below this: a byte-level BPE numbers its most frequent merges first
     steps: int = 600  # optimizer steps
     batch_size: int = 8  # windows per step
