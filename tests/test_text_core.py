@@ -10,7 +10,7 @@ from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier
 from whisper_spec.core.protocols import DraftRequest
 from whisper_spec.core.text_bridge import TextBridgeDrafter, Tokenization
-from whisper_spec.text.drafts import PromptLookupDrafter
+from whisper_spec.text.drafts import LookupThenModelDrafter, PromptLookupDrafter
 from whisper_spec.text.model import CachedCausalLM
 
 torch.set_num_threads(2)
@@ -98,7 +98,8 @@ def _drafter(models, kind):
     def make(batch_size):
         draft = CachedCausalLM(source, pack_weights=False)
         draft.begin(batch_size)
-        return ModelDrafter(draft, batch_size)
+        drafter = ModelDrafter(draft, batch_size)
+        return LookupThenModelDrafter(PromptLookupDrafter(), drafter) if kind == "lookup+model" else drafter
     return make
 
 
@@ -107,7 +108,7 @@ def expected(models):
     return [_transformers_greedy(models["llama"], p, 24) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("kind", ["none", "prompt-lookup", "same-model", "weak-model"])
+@pytest.mark.parametrize("kind", ["none", "prompt-lookup", "same-model", "weak-model", "lookup+model"])
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_greedy_speculative_equals_transformers_greedy(models, expected, kind, adaptive):
     result = _decode(models["llama"], _drafter(models, kind), PROMPTS, 24, adaptive_draft_length=adaptive,
@@ -121,6 +122,7 @@ def test_greedy_speculative_equals_transformers_greedy(models, expected, kind, a
 def test_prompt_lookup_proposes_the_latest_continuation():
     drafter = PromptLookupDrafter(max_ngram=3, min_ngram=1)
     # the suffix (1, 2) occurred twice; the latest occurrence (followed by 7, 8) wins
+    assert PromptLookupDrafter(max_ngram=2, min_ngram=2).lookup([1, 2, 3, 4, 1, 2, 7, 8, 9, 1, 2], 2) == [7, 8]
     assert drafter.lookup([1, 2, 3, 4, 1, 2, 7, 8, 9, 1, 2], 2) == [7, 8]
     # a longer match beats a more recent shorter one: (5, 1, 2) -> 6
     assert drafter.lookup([5, 1, 2, 6, 1, 2, 4, 5, 1, 2], 3) == [6, 1, 2]
@@ -167,3 +169,29 @@ def test_text_bridge_maps_draft_text_to_target_ids():
     proposal = bridge.propose(DraftRequest(torch.tensor([0]), [[8, 0, 1]], 6, 0.0, None))
     assert proposal.tokens == [[2, 3, 4, 5, 99]]  # "cdef" then the target's stop id
     assert proposal.forward_calls == 3
+
+
+def test_text_bridge_carries_shared_ids_one_to_one_and_text_between_them():
+    """Whisper's timestamps exist in both vocabularies: they cross by id, the text around them as text."""
+    chars = "abcdefgh "
+    target = Tokenization(encode=lambda s: [chars.index(c) for c in s],
+                          decode=lambda ids: "".join(chars[i] for i in ids),
+                          stop_ids=frozenset({99}), special_ids=frozenset({99, 200, 201, 202}))
+    pairs = ["ab", "cd", "ef", "gh", " a"]
+    draft = Tokenization(encode=lambda s: [pairs.index(s[i:i + 2]) for i in range(0, len(s) - 1, 2)],
+                         decode=lambda ids: "".join(pairs[i] for i in ids),
+                         stop_ids=frozenset({50}), special_ids=frozenset({50, 300, 301, 302}))
+    seen = []
+
+    class Scripted:
+        def propose(self, request):
+            seen.append(request.sequences)
+            from whisper_spec.core.protocols import Proposal
+            return Proposal(tokens=[[2, 301, 301, 3, 50]], forward_calls=5)
+
+    bridge = TextBridgeDrafter(Scripted(), draft, target, 99, draft_prompts=[[7]], target_prompt_lengths=[1],
+                               shared_ids={200: 300, 201: 301, 202: 302})
+    # committed: <t0> "abcd"; the draft continues "ef" <t1><t1> "gh" <eot>
+    proposal = bridge.propose(DraftRequest(torch.tensor([0]), [[8, 200, 0, 1, 2, 3]], 9, 0.0, None))
+    assert seen == [[[7, 300, 0, 1]]]
+    assert proposal.tokens == [[4, 5, 201, 201, 6, 7, 99]]

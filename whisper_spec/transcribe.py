@@ -99,7 +99,7 @@ def _default_dtype(device: str) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def load_pipeline(target: str, draft: str | None, device: str = "cpu", dtype: torch.dtype | None = None) -> SpeculativeWhisper:
     """A loaded target and draft, kept for the process (the CLI, the demo and evaluation reuse it)."""
     dtype = dtype or _default_dtype(device)

@@ -26,6 +26,7 @@ from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.logit_rules import SuppressionRules
 from whisper_spec.whisper.prompts import decoder_prompt
+from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class WindowBatch:
     audio: Sequence[np.ndarray]  # B mono 16 kHz windows, each at most 30 s
     target_encoder_hidden: Tensor  # [B, S, D] the target's encoder outputs
     prompts: Sequence[Sequence[int]]  # B target decoder prompts
-    rules: SuppressionRules  # the target's logit rules for these prompts
+    rules: SuppressionRules | TimestampRules  # the target's logit rules for these prompts
     language: Sequence[str]  # B language codes (for a multilingual draft's own prompt)
     task: str
 
@@ -92,24 +93,28 @@ class CrossTokenizerDraft:
         hidden, seconds = encode_audio(self.checkpoint, batch.audio)
         self.decoder.begin(hidden)
         config = self.checkpoint.generation_config
-        prompts = [decoder_prompt(config, language, batch.task) for language in batch.language]
-        rules = SuppressionRules(
+        timestamps = isinstance(batch.rules, TimestampRules)
+        prompts = [decoder_prompt(config, language, batch.task, timestamps) for language in batch.language]
+        draft_tokenizer = self.checkpoint.tokenizer
+        draft_eot = draft_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        target_eot = self.target_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        rules: SuppressionRules | TimestampRules = SuppressionRules(
             prompt_lengths=tuple(len(p) for p in prompts),
             suppress_tokens=tuple(config.suppress_tokens or ()),
             begin_suppress_tokens=tuple(config.begin_suppress_tokens or ()))
-        inner = ModelDrafter(self.decoder, len(prompts), rules=rules, stop_token_ids=_stop_ids(self.checkpoint.tokenizer))
-        return _TextBridgeDrafter(inner, self.checkpoint.tokenizer, self.target_tokenizer, prompts,
-                                  [len(p) for p in batch.prompts]), seconds
-
-
-def _TextBridgeDrafter(inner: ModelDrafter, draft_tokenizer, target_tokenizer,
-                       draft_prompts: Sequence[Sequence[int]], target_prompt_lengths: Sequence[int]) -> Drafter:
-    """Carries a draft across Whisper tokenizers through text (see ``core.text_bridge``)."""
-    draft_eot = draft_tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    target_eot = target_tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    return TextBridgeDrafter(inner, tokenization(draft_tokenizer, [draft_eot]),
-                             tokenization(target_tokenizer, [target_eot]), target_eot,
-                             draft_prompts, target_prompt_lengths)
+        shared_ids = {}
+        if timestamps:
+            # the draft writes its own timestamps under the same grammar; they cross by offset
+            draft_begin, target_begin = timestamp_begin_id(draft_tokenizer), timestamp_begin_id(self.target_tokenizer)
+            rules = TimestampRules(rules, draft_begin, config.no_timestamps_token_id, draft_eot,
+                                   batch.rules.max_initial_timestamp_index)
+            count = min(len(draft_tokenizer) - draft_begin, len(self.target_tokenizer) - target_begin)
+            shared_ids = {target_begin + i: draft_begin + i for i in range(count)}
+        inner = ModelDrafter(self.decoder, len(prompts), rules=rules, stop_token_ids=[draft_eot])
+        bridge = TextBridgeDrafter(inner, tokenization(draft_tokenizer, [draft_eot]),
+                                   tokenization(self.target_tokenizer, [target_eot]), target_eot,
+                                   prompts, [len(p) for p in batch.prompts], shared_ids)
+        return bridge, seconds
 
 
 def _same_encoder(a, b) -> bool:
