@@ -5,14 +5,10 @@ model's own weights and modules (RMSNorm, rotary embedding, SiLU) and implements
 forward, so that keys and values are written at explicit positions. Rolling back a rejected draft is
 then free, and every row of a batch sits at its own length.
 
-Why not transformers' forward: on a CPU, a matrix-matrix product of a few rows (a verify pass over
-k + 1 tokens) runs a GEMM kernel that costs several matrix-vector products, and that one extra cost
-decides whether speculation wins at all. Measured on a 2-core EPYC (MKL, float32, 8960 x 1536 weight):
-one row 8 ms (GEMV), two to seven rows 60-95 ms through ``F.linear`` (GEMM), but 12-32 ms through
-oneDNN with the weight reordered once into its blocked layout. So one-token steps use the original
-weights (GEMV) and multi-token passes use oneDNN-packed copies of the weights (q/k/v and gate/up fused),
-built once at construction; the copy doubles the weight memory, so a draft model, which runs one token
-at a time, can go without it.
+Why not transformers' forward: on a CPU, a verify pass over k + 1 tokens runs a GEMM that costs several
+one-token steps; here every linear map goes through ``whisper_spec.projection.Projection`` (GEMV for one
+row, oneDNN-packed weights with q/k/v and gate/up fused for several rows). The packed copy doubles the
+weight memory, so a draft model, which runs one token at a time, goes without it.
 """
 
 from __future__ import annotations
@@ -23,44 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from whisper_spec.projection import Projection
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")  # RMSNorm, RoPE, grouped-query attention, SwiGLU
 _INITIAL_CAPACITY = 256  # cache positions allocated per row at first; doubled whenever a pass needs more
-_FEW_ROWS = 4  # without packed weights, up to this many rows run as separate GEMVs (cheaper than a GEMM)
-
-
-def _packed(weight: Tensor) -> Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-
-
-class _Projection:
-    """One linear map (or several fused along the output dimension) with a per-row-count kernel choice."""
-
-    def __init__(self, linears: Sequence[nn.Linear], pack: bool):
-        self.linears = list(linears)
-        self.sizes = [linear.out_features for linear in self.linears]
-        biases = [linear.bias for linear in self.linears]
-        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
-        self.weight = None
-        self.packed = None
-        if pack and self.linears[0].weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-            self.packed = _packed(torch.cat([linear.weight.detach() for linear in self.linears]))
-        elif len(self.linears) > 1:
-            self.weight = torch.cat([linear.weight.detach() for linear in self.linears])
-
-    def __call__(self, x: Tensor) -> list[Tensor]:
-        """x [n, D_in] -> one [n, D_out_i] tensor per fused linear."""
-        n = x.shape[0]
-        if n == 1 or (self.packed is None and x.device.type == "cpu" and n <= _FEW_ROWS):
-            out = [torch.cat([linear(x[i: i + 1]) for i in range(n)]) if n > 1 else linear(x)
-                   for linear in self.linears]
-            return out
-        if self.packed is not None:
-            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        elif self.weight is not None:
-            y = F.linear(x, self.weight, self.bias)
-        else:
-            return [self.linears[0](x)]
-        return list(y.split(self.sizes, dim=-1))
 
 
 class CachedCausalLM:
@@ -92,11 +54,11 @@ class CachedCausalLM:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.scaling = self.layers[0].self_attn.scaling
         self.vocab_size = model.lm_head.weight.shape[0]
-        self.qkv = [_Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], pack_weights)
+        self.qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], pack_weights)
                     for l in self.layers]
-        self.o = [_Projection([l.self_attn.o_proj], pack_weights) for l in self.layers]
-        self.gate_up = [_Projection([l.mlp.gate_proj, l.mlp.up_proj], pack_weights) for l in self.layers]
-        self.down = [_Projection([l.mlp.down_proj], pack_weights) for l in self.layers]
+        self.o = [Projection([l.self_attn.o_proj], pack_weights) for l in self.layers]
+        self.gate_up = [Projection([l.mlp.gate_proj, l.mlp.up_proj], pack_weights) for l in self.layers]
+        self.down = [Projection([l.mlp.down_proj], pack_weights) for l in self.layers]
         self.output_ids = None
         head = model.lm_head
         if output_ids is not None:
@@ -104,7 +66,7 @@ class CachedCausalLM:
             head = nn.Linear(head.in_features, len(self.output_ids), bias=False, device=head.weight.device,
                              dtype=head.weight.dtype)
             head.weight.data = model.lm_head.weight.detach()[self.output_ids]
-        self.head = _Projection([head], pack_weights)
+        self.head = Projection([head], pack_weights)
         self._k: list[Tensor] = []
         self._v: list[Tensor] = []
 
