@@ -21,7 +21,6 @@ from whisper_spec.distill.draft import (
     find_draft_file,
     load_draft,
     save_draft,
-    shipped_drafts,
 )
 from whisper_spec.distill.model import DistilledDecoder, restricted_index, to_restricted
 from whisper_spec.distill.train import TrainOptions, build_vocabulary, simulate_rounds, train_draft
@@ -185,9 +184,8 @@ def _librivox_clip(name: str):
     return load_audio(path)
 
 
-@pytest.mark.parametrize("which", ["trained-here", "shipped"])
-def test_distilled_draft_output_is_token_identical_on_real_speech(base, short_training, which):
-    path = short_training[0].path if which == "trained-here" else find_draft_file("distilled", "base")
+def test_distilled_draft_output_is_token_identical_on_real_speech(base, short_training):
+    path = short_training[0].path
     engine = SpeculativeWhisper(base)
     audio = [_librivox_clip("sense_and_sensibility_01_austen_64kb-0870"),
              _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
@@ -199,12 +197,12 @@ def test_distilled_draft_output_is_token_identical_on_real_speech(base, short_tr
     assert sum(w.stats.drafted for w in drafted) > 0
 
 
-def test_shipped_draft_resolves_by_short_name(base):
+def test_drafts_resolve_by_path_and_a_missing_shipped_draft_is_a_clear_error(base, short_training):
     from whisper_spec.whisper.drafts import resolve_draft
 
-    assert "base-distilled" in shipped_drafts()
-    draft = resolve_draft("distilled", base)
+    draft = resolve_draft(str(short_training[0].path), base)
     assert isinstance(draft, DistilledDraft) and draft.kind == "shared-encoder"
-    assert isinstance(resolve_draft("base-distilled", base), DistilledDraft)
+    with pytest.raises(ValueError, match="whisper-spec distill"):  # none ships yet
+        resolve_draft("distilled", base)
     with pytest.raises(FileNotFoundError):
         resolve_draft("/nonexistent/draft.pt", base)
