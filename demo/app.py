@@ -16,6 +16,7 @@ import queue
 import tempfile
 import threading
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -25,7 +26,6 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from demo.provenance import Source, observe_rounds, token_sources
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.generate import DEFAULT_DRAFTS, Generation, generate
@@ -36,6 +36,13 @@ from whisper_spec.text.drafts import PROMPT_LOOKUP
 from whisper_spec.transcribe import Transcription, load_pipeline, resolve_models, transcribe
 
 log = logging.getLogger("demo")
+
+class Source(str, Enum):
+    """How a transcript token was produced."""
+
+    DRAFT = "accepted draft token"
+    TARGET = "target's own token"
+
 
 COLORS = {Source.DRAFT.value: "#2e9e5b", Source.TARGET.value: "#e8912d"}  # green: accepted, orange: target's own
 CSS = """
@@ -103,15 +110,13 @@ def compare(samples: np.ndarray, preset: str, config: DemoConfig) -> SpeechCompa
         raise UserError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     target, draft = resolve_models(preset, None, "default")
     try:
-        with observe_rounds() as rounds:
-            speculative = transcribe(samples, target, draft, device=config.device, timestamps=True)
+        speculative = transcribe(samples, target, draft, device=config.device, timestamps=True)
         baseline = transcribe(samples, target, None, device=config.device, timestamps=True)
     except OSError as error:  # a hub checkpoint on a machine without the hub, a missing cache
         raise UserError(f"The models of preset “{preset}” could not be loaded here: {error}") from error
     tokenizer = load_pipeline(target, None, config.device).target.tokenizer
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sources = token_sources(rounds, speculative.tokens, dropped_ids=[eot])
-    pieces = None if sources is None else _pieces(tokenizer, speculative.tokens, sources)
+    sources = [Source.DRAFT if drafted else Source.TARGET for drafted in speculative.from_draft]
+    pieces = _pieces(tokenizer, speculative.tokens, sources) if len(sources) == len(speculative.tokens) else None
     return SpeechComparison(speculative, baseline, pieces)
 
 

@@ -21,8 +21,6 @@ from urllib.parse import urljoin
 import pytest
 import srt
 
-from demo.provenance import RoundLog, Source, token_sources
-
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,19 +30,6 @@ CLIP = Path("/usr/share/pocketsphinx/test/data/librivox") / "sense_and_sensibili
 MAX_AUDIO_SECONDS = 12  # the server's limit in these tests: the clip passes, the long file does not
 SERVER_START_SECONDS = 300  # loading base and tiny.en on a busy 2-core machine
 DECODE_SECONDS = 300  # both decodes of a 7 s clip on a busy 2-core machine
-
-
-# ---- the provenance rule, on hand-made rounds ---------------------------------------------------------
-
-def test_token_sources_marks_last_token_of_each_round_as_the_targets():
-    log = RoundLog(calls=[{0: [[5, 6, 7], [8], [9, 10, 99]]}])  # 99: end-of-text, left out of the transcript
-    sources = token_sources(log, [5, 6, 7, 8, 9, 10], dropped_ids=[99])
-    assert sources == (Source.DRAFT, Source.DRAFT, Source.TARGET, Source.TARGET, Source.DRAFT, Source.DRAFT)
-
-
-def test_token_sources_refuses_rounds_that_do_not_spell_the_transcript():
-    log = RoundLog(calls=[{0: [[5, 6], [7]]}])
-    assert token_sources(log, [5, 6, 8]) is None
 
 
 # ---- the page in a browser ------------------------------------------------------------------------------

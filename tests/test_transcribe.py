@@ -33,6 +33,9 @@ def test_the_default_pipeline_prints_the_right_words_and_the_statistics():
     assert stats.wall_seconds >= stats.encoder_seconds + stats.verify_seconds
     assert 6.5 < result.audio_seconds < 7.5
     assert "target calls" in stats.summary()
+    # per-token provenance: the accepted draft tokens that made it into the transcript
+    assert len(result.from_draft) == len(result.tokens)
+    assert 0 < sum(result.from_draft) <= stats.accepted
 
 
 def test_the_baseline_gives_the_same_tokens_with_one_target_call_per_token():

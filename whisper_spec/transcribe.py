@@ -60,6 +60,11 @@ class Transcription:
     draft: str | None
 
     @property
+    def from_draft(self) -> tuple[bool, ...]:
+        """Per token of ``tokens``: True where an accepted draft token, False where the target's own."""
+        return tuple(flag for segment in self.segments for flag in segment.from_draft)
+
+    @property
     def real_time_factor(self) -> float:
         """Compute seconds per audio second (lower is faster)."""
         return self.stats.wall_seconds / self.audio_seconds if self.audio_seconds else 0.0

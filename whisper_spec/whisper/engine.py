@@ -51,6 +51,7 @@ class DecodedWindow:
     avg_logprob: float | None  # mean log-probability of the generated tokens and end-of-text (see WindowOptions)
     stopped: bool  # True: end-of-text ended the window; False: the token budget did
     encoder_output: Tensor | None = None  # [1500, D] the target's encoder output, when asked for
+    from_draft: tuple[bool, ...] = ()  # per token of ``tokens``: an accepted draft token (True) or the target's own
 
 
 class SpeculativeWhisper:
@@ -144,10 +145,12 @@ class SpeculativeWhisper:
         windows = []
         share = encoder_seconds / batch
         for i, (row, language) in enumerate(zip(result.rows, languages)):
-            tokens = tuple(t for t in row.tokens if t != self.eot_token_id)
+            kept = [(t, d) for t, d in zip(row.tokens, row.from_draft) if t != self.eot_token_id]
+            tokens = tuple(t for t, _ in kept)
             windows.append(DecodedWindow(tokens, self.text(tokens), language, replace(row.stats, encoder_seconds=share),
                                          no_speech[i], logprobs.get(i), row.stopped,
-                                         hidden[i] if options.return_encoder_output else None))
+                                         hidden[i] if options.return_encoder_output else None,
+                                         from_draft=tuple(d for _, d in kept)))
         return windows
 
     def _no_speech_probs(self, verifier: ModelVerifier, prompts: Sequence[Sequence[int]]) -> list[float]:

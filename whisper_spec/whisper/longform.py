@@ -70,6 +70,7 @@ class Segment:
     no_speech_prob: float  # of the window it came from
     compression_ratio: float  # of the window's text
     words: tuple[Word, ...] = ()  # with word timestamps only
+    from_draft: tuple[bool, ...] = ()  # per token: an accepted draft token (True) or the target's own (False)
 
 
 @dataclass(frozen=True)
@@ -177,13 +178,16 @@ class LongformFile:
             return []
         pieces, advance = self._split(window.tokens, size)
         new = []
+        first = 0  # pieces are consecutive slices of the window's tokens
         for tokens, start, end in pieces:
+            provenance = window.from_draft[first: first + len(tokens)]
+            first += len(tokens)
             text = self.engine.text(tokens)
             if start == end or not text:
                 continue
             new.append(Segment(len(self.segments) + len(new), round(offset + start, 3), round(offset + end, 3),
                                text if text[:1].isspace() else " " + text, tokens, window.avg_logprob,
-                               window.no_speech_prob, ratio))
+                               window.no_speech_prob, ratio, from_draft=provenance))
         if options.word_timestamps and new:
             new, last_word_end = self._add_words(new, window, size, offset)
             if advance != size and last_word_end is not None and last_word_end > offset:
