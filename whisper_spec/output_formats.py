@@ -8,12 +8,11 @@ kill never leaves half a transcript where a rerun would take it for a finished o
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
+from whisper_spec.atomic import atomic_write_text
 from whisper_spec.transcribe import Transcription
 
 
@@ -90,21 +89,6 @@ def to_json(result: Transcription) -> str:
 WRITERS: dict[str, Callable[[Transcription], str]] = {
     "txt": to_txt, "json": to_json, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv}
 FORMATS = tuple(WRITERS)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that ``path`` holds either its old content or all of the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def output_paths(stem: Path, formats: Sequence[str]) -> list[Path]:

@@ -25,13 +25,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from whisper_spec.atomic import atomic_directory
 
 __all__ = [
     "WhisperCheckpoint",
@@ -44,7 +44,7 @@ __all__ = [
 
 # Bump when the conversion output changes, so stale caches are rebuilt instead of reused.
 _CONVERTER_VERSION = 1
-_COMPLETE_MARKER = ".whisper_spec_complete"
+_MARKER_TEXT = json.dumps({"converter": _CONVERTER_VERSION})
 
 
 @dataclass(frozen=True)
@@ -193,45 +193,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
 
 
-def _sweep_stale_tmp(parent: Path, max_age_s: float = 6 * 3600) -> None:
-    """Remove temporary conversion dirs left by crashed processes (old enough not to be in progress)."""
-    now = time.time()
-    for p in parent.glob(".*.tmp-*"):
-        try:
-            if now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _atomic_dir(final: Path, build) -> Path:
-    """Create directory ``final`` by running ``build(tmp_dir)`` in a sibling temp dir, then renaming.
-
-    If ``final`` already exists and is complete it is returned as is. If another process renames its
-    result into place first, ours is discarded and theirs used (both are equivalent).
-    """
-    if (final / _COMPLETE_MARKER).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_tmp(final.parent)
-    if final.exists():  # incomplete leftover from a pre-marker crash or a manual copy: rebuild
-        shutil.rmtree(final, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        (tmp / _COMPLETE_MARKER).write_text(json.dumps({"converter": _CONVERTER_VERSION, "time": time.time()}))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _COMPLETE_MARKER).is_file():
-                raise
-            # Lost a race against another process; its copy is as good as ours.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def _assemble_bundle(name: str, dst: Path) -> None:
     """Write ``dst/{model.bin, config.json, tokenizer.json, vocabulary.txt}`` for bundle ``name``.
 
@@ -264,8 +225,8 @@ def _converted_bundle(name: str) -> Path:
         ct2_dir = resolve_bundle_dir(name)["meta"]  # already a complete CT2 dir inside site-packages
     else:
         # Split bundles: model.bin exists nowhere in one piece, so assemble it inside the cache.
-        ct2_dir = _atomic_dir(root / "ctranslate2" / f"{name}-{key}", lambda tmp: _assemble_bundle(name, tmp))
-    return _atomic_dir(root / "transformers" / f"{name}-{key}", lambda tmp: convert_ctranslate2(ct2_dir, tmp))
+        ct2_dir = atomic_directory(root / "ctranslate2" / f"{name}-{key}", lambda tmp: _assemble_bundle(name, tmp), _MARKER_TEXT)
+    return atomic_directory(root / "transformers" / f"{name}-{key}", lambda tmp: convert_ctranslate2(ct2_dir, tmp), _MARKER_TEXT)
 
 
 def _converted_local_ct2(path: Path) -> Path:
@@ -275,7 +236,7 @@ def _converted_local_ct2(path: Path) -> Path:
     st = (path / "model.bin").stat()
     key = _short_hash(_CONVERTER_VERSION, str(path), st.st_size, st.st_mtime_ns)
     final = cache_dir() / "transformers" / f"{_slug(path.name)}-{key}"
-    return _atomic_dir(final, lambda tmp: convert_ctranslate2(path, tmp))
+    return atomic_directory(final, lambda tmp: convert_ctranslate2(path, tmp), _MARKER_TEXT)
 
 
 def _is_ct2_dir(path: Path) -> bool:
