@@ -118,12 +118,12 @@ def _wait_for_verdict(page) -> str:
     return page.locator("#verdict").inner_text()
 
 
-def _wait_for_warning(page, previous: str | None = None) -> str:
-    """The status line once it shows a warning (different from ``previous``, when given)."""
+def _wait_for_warning(page, file_name: str) -> str:
+    """The status line once it shows a warning about ``file_name`` (progress timers come and go meanwhile)."""
     page.wait_for_function(
-        "previous => { const text = document.querySelector('#status')?.innerText ?? '';"
-        " return text.includes('⚠') && text !== previous; }",
-        arg=previous, timeout=60_000)
+        "name => { const text = document.querySelector('#status')?.innerText ?? '';"
+        " return text.includes('⚠') && text.includes(name); }",
+        arg=file_name, timeout=60_000)
     return page.locator("#status").inner_text()
 
 
@@ -191,16 +191,16 @@ def test_bad_files_get_a_message_and_the_server_keeps_serving(page, demo_url, tm
         w.writeframes(b"\0\0" * 16000 * (MAX_AUDIO_SECONDS + 3))
 
     _transcribe(page, not_audio)
-    message = _wait_for_warning(page)
+    message = _wait_for_warning(page, not_audio.name)
     page.screenshot(path=str(ARTIFACTS / "demo-bad-file.png"), full_page=True)
     assert "notes.wav" in message and "could not be read as audio" in message, message
 
     _transcribe(page, empty)
-    message = _wait_for_warning(page, previous=message)
+    message = _wait_for_warning(page, empty.name)
     assert "empty.wav" in message and "empty" in message.split("empty.wav", 1)[1], message
 
     _transcribe(page, too_long)
-    message = _wait_for_warning(page, previous=message)
+    message = _wait_for_warning(page, too_long.name)
     assert "long-silence.wav" in message and f"at most {MAX_AUDIO_SECONDS} s" in message, message
 
     assert _answers(demo_url)
