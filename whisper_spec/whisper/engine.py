@@ -7,7 +7,7 @@ the target's cached decoder becomes a ``ModelVerifier``, the draft becomes a ``D
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -51,7 +51,8 @@ class DecodedWindow:
     avg_logprob: float | None  # mean log-probability of the generated tokens and end-of-text (see WindowOptions)
     stopped: bool  # True: end-of-text ended the window; False: the token budget did
     encoder_output: Tensor | None = None  # [1500, D] the target's encoder output, when asked for
-    from_draft: tuple[bool, ...] = ()  # per token of ``tokens``: an accepted draft token (True) or the target's own
+    # how it was decoded, not what was decoded: left out of equality
+    from_draft: tuple[bool, ...] = field(default=(), compare=False)  # per token of ``tokens``: an accepted draft token (True) or the target's own
 
 
 class SpeculativeWhisper:

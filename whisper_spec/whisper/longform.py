@@ -70,7 +70,8 @@ class Segment:
     no_speech_prob: float  # of the window it came from
     compression_ratio: float  # of the window's text
     words: tuple[Word, ...] = ()  # with word timestamps only
-    from_draft: tuple[bool, ...] = ()  # per token: an accepted draft token (True) or the target's own (False)
+    # how it was decoded, not what was decoded: left out of equality
+    from_draft: tuple[bool, ...] = field(default=(), compare=False)  # per token: an accepted draft token (True) or the target's own (False)
 
 
 @dataclass(frozen=True)
