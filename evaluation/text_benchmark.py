@@ -2,8 +2,8 @@
 
 Run ``python -m evaluation.text_benchmark`` (defaults: Qwen2.5-Coder-1.5B target on the CPU, 2 threads,
 3 code-editing and 3 chat prompts, 128 new tokens each). Every method decodes greedily, so each must
-reproduce transformers' own greedy output; the table counts how many outputs did. Loading is not
-timed; each method first runs one short warm-up generation.
+reproduce transformers' own greedy output; the table counts how many outputs did. Each method runs in
+its own process; loading is not timed, and each method first runs one short warm-up generation.
 
 Methods:
 - ``transformers greedy``: ``model.generate(do_sample=False)``, the baseline users have.
@@ -18,13 +18,16 @@ Methods:
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from whisper_spec.core.stats import SpeculationStats
-from whisper_spec.generate import GenerateOptions, generate, load_text_draft, load_text_engine
+from whisper_spec.generate import GenerateOptions, generate
 from whisper_spec.text.checkpoints import load_text_model
 from whisper_spec.text.drafts import render_prompt
 
@@ -82,15 +85,6 @@ CHAT_PROMPTS = (
 )
 
 
-@dataclass
-class Row:
-    method: str
-    tokens: dict[str, int]  # prompt set -> generated tokens
-    seconds: dict[str, float]
-    identical: dict[str, int]  # prompt set -> outputs equal to transformers' greedy
-    stats: SpeculationStats
-
-
 def _messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
@@ -113,10 +107,68 @@ def _strip(tokens: list[int], stops) -> list[int]:
     return tokens
 
 
+def _run_method(args, method: str, reference_file: Path) -> dict:
+    """Run one method in this process; returns its counts (JSON-ready)."""
+    torch.set_num_threads(args.threads)
+    sets = {"code": [_messages(p) for p in CODE_PROMPTS[: args.prompts]],
+            "chat": [_messages(p) for p in CHAT_PROMPTS[: args.prompts]]}
+    warm_prompt = _messages("Say hello.")
+    result = {"method": method, "tokens": {}, "seconds": {}, "identical": {}, "drafted": 0, "accepted": 0}
+    if method.startswith("transformers"):
+        checkpoint = load_text_model(args.target)
+        assistant = None
+        if method == "transformers-assisted":
+            assistant = load_text_model(args.hf_assistant).model
+            if args.hf_assistant_tokens is not None:
+                assistant.generation_config.num_assistant_tokens = args.hf_assistant_tokens
+        reference = json.loads(reference_file.read_text()) if assistant is not None else {}
+        _hf_generate(checkpoint, warm_prompt, 8, assistant)
+        for name, prompts in sets.items():
+            outputs = []
+            result["seconds"][name] = 0.0
+            result["tokens"][name] = 0
+            for prompt in prompts:
+                tokens, seconds = _hf_generate(checkpoint, prompt, args.max_new_tokens, assistant)
+                outputs.append(_strip(tokens, checkpoint.stop_token_ids))
+                result["seconds"][name] += seconds
+                result["tokens"][name] += len(tokens)
+            if assistant is None:
+                reference[name] = outputs
+            result["identical"][name] = sum(o == r for o, r in zip(outputs, reference[name]))
+        if assistant is None:
+            reference_file.write_text(json.dumps(reference))
+        return result
+    draft = None if method == "ours" else method.split(":", 1)[1]
+    reference = json.loads(reference_file.read_text())
+    options = GenerateOptions(max_new_tokens=args.max_new_tokens)
+    generate(warm_prompt, args.target, draft, options, max_new_tokens=8)
+    for name, prompts in sets.items():
+        result["seconds"][name], result["tokens"][name], result["identical"][name] = 0.0, 0, 0
+        for prompt, expected in zip(prompts, reference[name]):
+            generation = generate(prompt, args.target, draft, options)
+            result["identical"][name] += list(generation.tokens) == expected
+            result["seconds"][name] += generation.stats.wall_seconds
+            result["tokens"][name] += generation.stats.tokens
+            result["drafted"] += generation.stats.drafted
+            result["accepted"] += generation.stats.accepted
+    return result
+
+
+def _label(args, method: str) -> str:
+    if method == "transformers-greedy":
+        return "transformers greedy"
+    if method == "transformers-assisted":
+        setting = (f"num_assistant_tokens={args.hf_assistant_tokens}" if args.hf_assistant_tokens is not None
+                   else "transformers' default draft length")
+        return f"transformers assisted + {args.hf_assistant} ({setting})"
+    return "ours, no draft" if method == "ours" else f"ours + {method.split(':', 1)[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="qwen2.5-coder-1.5b", help="the target model")
-    parser.add_argument("--drafts", default="qwen2.5-coder-0.5b,prompt-lookup,smollm2-135m",
+    parser.add_argument("--drafts", default="qwen2.5-coder-0.5b,prompt-lookup,smollm2-135m,"
+                                            "prompt-lookup+qwen2.5-coder-0.5b",
                         help="comma-separated drafts for our speculative decoding")
     parser.add_argument("--hf-assistant", default="qwen2.5-coder-0.5b",
                         help="the assistant model for transformers' assisted generation ('' skips it)")
@@ -126,83 +178,47 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
     parser.add_argument("--prompts", type=int, default=3, help="how many prompts of each set (at most 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--method", help=argparse.SUPPRESS)  # internal: run one method in this process
+    parser.add_argument("--reference-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
-    sets = {"code": [_messages(p) for p in CODE_PROMPTS[: args.prompts]],
-            "chat": [_messages(p) for p in CHAT_PROMPTS[: args.prompts]]}
-    engine = load_text_engine(args.target)
-    checkpoint = engine.checkpoint
-    stops = checkpoint.stop_token_ids
-    drafts = [d for d in args.drafts.split(",") if d]
-    for draft in drafts:
-        load_text_draft(args.target, draft)
-    assistant = None
+    if args.method:
+        print("RESULT " + json.dumps(_run_method(args, args.method, args.reference_file)), flush=True)
+        return
+
+    # Each method runs in its own process: a 1.5B target, its packed weights and a draft fill most of a
+    # 24 GiB machine, and memory left over from one method must not slow down the next.
+    methods = ["transformers-greedy", "ours"] + [f"ours:{d}" for d in args.drafts.split(",") if d]
     if args.hf_assistant:
-        assistant = load_text_model(args.hf_assistant).model
-        if args.hf_assistant_tokens is not None:
-            assistant.generation_config.num_assistant_tokens = args.hf_assistant_tokens
-    options = GenerateOptions(max_new_tokens=args.max_new_tokens)
-    warm_prompt = _messages("Say hello.")
-
-    rows: list[Row] = []
-    reference: dict[str, list[list[int]]] = {}
-
-    def run_hf(method: str, model=None) -> None:
-        _hf_generate(checkpoint, warm_prompt, 8, model)
-        row = Row(method, {}, {}, {}, SpeculationStats())
-        for name, prompts in sets.items():
-            outputs, seconds = [], 0.0
-            for prompt in prompts:
-                tokens, s = _hf_generate(checkpoint, prompt, args.max_new_tokens, model)
-                outputs.append(_strip(tokens, stops))
-                seconds += s
-                row.tokens[name] = row.tokens.get(name, 0) + len(tokens)
-            if model is None:
-                reference[name] = outputs
-            row.seconds[name] = seconds
-            row.identical[name] = sum(o == r for o, r in zip(outputs, reference[name]))
-        rows.append(row)
-        print(f"done: {method}", flush=True)
-
-    def run_ours(method: str, draft: str | None) -> None:
-        generate(warm_prompt, args.target, draft, options, max_new_tokens=8)
-        row = Row(method, {}, {}, {}, SpeculationStats())
-        for name, prompts in sets.items():
-            identical, seconds, tokens = 0, 0.0, 0
-            for prompt, expected in zip(prompts, reference[name]):
-                result = generate(prompt, args.target, draft, options)
-                identical += list(result.tokens) == expected
-                seconds += result.stats.wall_seconds
-                tokens += result.stats.tokens
-                row.stats = row.stats + result.stats
-            row.tokens[name], row.seconds[name], row.identical[name] = tokens, seconds, identical
-        rows.append(row)
-        print(f"done: {method}", flush=True)
-
-    run_hf("transformers greedy")
-    run_ours("ours, no draft", None)
-    for draft in drafts:
-        run_ours(f"ours + {draft}", draft)
-    if assistant is not None:
-        config = assistant.generation_config
-        setting = (f"num_assistant_tokens={config.num_assistant_tokens}" if config.num_assistant_tokens
-                   else "transformers' default draft length")
-        run_hf(f"transformers assisted + {args.hf_assistant} ({setting})", assistant)
-
-    base = {name: rows[0].tokens[name] / rows[0].seconds[name] for name in sets}
+        methods.append("transformers-assisted")
     n = args.prompts
-    print(f"\n{args.target} on {torch.get_num_threads()} CPU threads, float32, {n} code + {n} chat prompts x "
+    base: dict[str, float] = {}
+    lines = []
+    with tempfile.TemporaryDirectory() as folder:
+        reference_file = Path(folder) / "reference.json"
+        for method in methods:
+            command = [sys.executable, "-m", "evaluation.text_benchmark", "--method", method,
+                       "--reference-file", str(reference_file)] + sys.argv[1:]
+            out = subprocess.run(command, capture_output=True, text=True)
+            results = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            if out.returncode != 0 or not results:
+                print(f"{method} failed:\n{out.stderr[-3000:]}", flush=True)
+                continue
+            r = json.loads(results[-1][len("RESULT "):])
+            rates = {name: r["tokens"][name] / r["seconds"][name] for name in ("code", "chat")}
+            base = base or rates  # the first method, transformers greedy, is the baseline
+            acceptance = f"{r['accepted'] / r['drafted']:.2f}" if r["drafted"] else "-"
+            lines.append(f"| {_label(args, method)} | {rates['code']:.2f} | {rates['code'] / base['code']:.2f}x | "
+                         f"{rates['chat']:.2f} | {rates['chat'] / base['chat']:.2f}x | {acceptance} | "
+                         f"{sum(r['identical'].values())}/{2 * n} |")
+            print(f"done: {lines[-1]}", flush=True)  # partial results survive an interrupted run
+
+    print(f"\n{args.target} on {args.threads} CPU threads, float32, {n} code + {n} chat prompts x "
           f"{args.max_new_tokens} new tokens (greedy)\n")
     print("| method | code tokens/s | code speed-up | chat tokens/s | chat speed-up | acceptance | "
           "identical to transformers greedy |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        rates = {name: row.tokens[name] / row.seconds[name] for name in sets}
-        acceptance = f"{row.stats.acceptance_rate:.2f}" if row.stats.drafted else "-"
-        same = sum(row.identical.values())
-        print(f"| {row.method} | {rates['code']:.2f} | {rates['code'] / base['code']:.2f}x | {rates['chat']:.2f} | "
-              f"{rates['chat'] / base['chat']:.2f}x | {acceptance} | {same}/{2 * n} |")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
