@@ -26,7 +26,7 @@ class DecodeOptions:
     draft_length: int = 6  # k, or the largest k when adaptive
     adaptive_draft_length: bool = True  # choose k each round from measured acceptance and costs
     temperature: float = 0.0  # 0: greedy (exact-match acceptance); > 0: rejection sampling
-    seed: int | None = None  # for sampling; None draws fresh randomness
+    seed: int | None = None  # for sampling; None draws fresh randomness (reproducible with a fixed draft length)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
