@@ -54,3 +54,66 @@ def test_in_the_loop_a_useless_draft_costs_few_extra_target_calls():
     assert result.rows[0].tokens == plain.rows[0].tokens
     assert result.stats.target_calls == plain.stats.target_calls  # a rejected draft still yields a token
     assert result.stats.drafted < 0.5 * result.stats.tokens  # drafting mostly switched off
+
+
+def probes_in(ks):
+    return sum(1 for k in ks if k > 0)
+
+
+def test_each_failed_probe_doubles_the_wait_for_the_next():
+    backing_off = run_rounds(DraftLengthController(max_draft=8, probe_every=8), alpha_hit=0, rounds=600)
+    fixed = run_rounds(DraftLengthController(max_draft=8, probe_every=8, max_probe_interval=8), alpha_hit=0,
+                       rounds=600)
+    # intervals 8, 16, 32, 64, 128, 256: about 7 probes in 600 rounds against about 66 at a fixed interval
+    assert probes_in(backing_off[-500:]) <= 6
+    assert probes_in(fixed[-500:]) >= 50
+
+
+def test_a_draft_that_turns_useful_again_is_picked_up_by_a_probe():
+    controller = DraftLengthController(max_draft=8)
+    run_rounds(controller, alpha_hit=0, rounds=100)
+    assert controller.best_k() == 0
+    ks = run_rounds(controller, alpha_hit=100, rounds=150)
+    assert ks[-20:] == [8] * 20
+
+
+def test_a_useless_draft_is_not_even_started_until_a_probe_is_due():
+    controller = DraftLengthController(max_draft=6)
+    assert controller.wants_draft()  # nothing measured yet: try it
+    run_rounds(controller, alpha_hit=0, rounds=40)
+    waits = 0
+    while not controller.wants_draft():
+        assert controller.next_k() == 0
+        controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=1.0)
+        waits += 1
+    assert waits > 0
+    assert controller.next_k() == 1  # the decode that starts the draft probes at once
+
+
+def test_a_costly_setup_pays_only_when_enough_rounds_share_it():
+    def settle(rounds_per_decode):
+        controller = DraftLengthController(max_draft=6)
+        for _ in range(10):  # decodes: a setup costing 5 plain steps, then rounds with a 60%-right draft
+            ks = run_rounds(controller, alpha_hit=2, rounds=rounds_per_decode, t_draft=0.1, t_verify=1.2)
+            controller.observe_decode(setup_seconds=5.0, rounds=len(ks))
+        return controller.best_k()
+
+    assert settle(rounds_per_decode=3) == 0  # 5 steps of setup over 3 rounds: plain decoding is faster
+    assert settle(rounds_per_decode=200) > 0
+
+
+def test_a_controller_kept_across_decodes_stops_starting_a_useless_draft():
+    """What an engine does: ask before starting the draft, and hand the same controller to every decode."""
+    prompts = [[3, 4, 5]]
+    plain = speculative_decode(ModelVerifier(HashModel(40, 1, 0), 1, 40), None, prompts, [0],
+                               DecodeOptions(max_new_tokens=30))
+    controller = DraftLengthController(max_draft=6)
+    started = []
+    for _ in range(30):
+        wrong = OracleDrafter({0: list(plain.rows[0].tokens)}, [3], 40, right=False)
+        drafter = wrong if controller.wants_draft() else None
+        started.append(drafter is not None)
+        result = speculative_decode(ModelVerifier(HashModel(40, 1, 0), 1, 40), drafter, prompts, [0],
+                                    DecodeOptions(max_new_tokens=30), controller=controller, draft_setup_seconds=0.01)
+        assert result.rows[0].tokens == plain.rows[0].tokens
+    assert started[0] and sum(started[-20:]) <= 3

@@ -82,13 +82,22 @@ def speculative_decode(
     options: DecodeOptions,
     on_tokens: TokenCallback | None = None,
     device: torch.device | str | None = None,
+    controller: DraftLengthController | None = None,
+    draft_setup_seconds: float = 0.0,
 ) -> DecodeResult:
-    """Decode every prompt to a stop token or ``max_new_tokens``; greedy output equals the target's own."""
+    """Decode every prompt to a stop token or ``max_new_tokens``; greedy output equals the target's own.
+
+    ``controller`` chooses k each round; pass one that outlives this call to carry what it measured
+    over to the next decode (it then also learns from decodes without a drafter: their steps are what
+    drafting must beat). ``draft_setup_seconds`` is what starting ``drafter`` for this decode cost
+    (a separate-encoder draft's encoder), which the controller spreads over the rounds it serves.
+    """
     stops = frozenset(stop_token_ids)
     states = [_RowState(list(p), len(p), histogram={}, from_draft=[]) for p in prompts]
     active = list(range(len(states)))
-    controller = DraftLengthController(options.draft_length if drafter is not None else 0,
-                                       adaptive=options.adaptive_draft_length)
+    if controller is None:
+        controller = DraftLengthController(options.draft_length if drafter is not None else 0,
+                                           adaptive=options.adaptive_draft_length)
     generator = None
     if options.temperature > 0 and options.seed is not None:
         generator = torch.Generator(device=device or "cpu").manual_seed(options.seed)
@@ -100,7 +109,7 @@ def speculative_decode(
         sequences = [states[r].sequence for r in active]
         # the round also yields one token of the target's own, so a draft may use all but one of the budget
         room = [options.max_new_tokens - states[r].generated - 1 for r in active]
-        k = min(controller.next_k(), max(room))
+        k = min(controller.next_k(), max(room)) if drafter is not None else 0
         proposal = None
         draft_seconds = 0.0
         if k > 0 and drafter is not None:
@@ -166,6 +175,8 @@ def speculative_decode(
         controller.observe(k=width, accepted=sum(accepted_list), rejections=rejections,
                            draft_seconds=draft_seconds, verify_seconds=verify_seconds)
         active = still_active
+    if drafter is not None:
+        controller.observe_decode(setup_seconds=draft_setup_seconds, rounds=total_rounds)
 
     rows_out = tuple(
         DecodedRow(
