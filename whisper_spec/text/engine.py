@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from whisper_spec.core.draft_length import ControllerMemory
 from whisper_spec.core.loop import DecodeOptions, DecodeResult, TokenCallback, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier
 from whisper_spec.text.checkpoints import TextCheckpoint
@@ -19,6 +20,7 @@ class SpeculativeLM:
         self.checkpoint = checkpoint
         self.draft = draft
         self.model = model or CachedCausalLM(checkpoint.model)
+        self.draft_lengths = ControllerMemory()  # what this pair costs here, learned across prompts
 
     def with_draft(self, draft: TextDraft | None) -> "SpeculativeLM":
         """The same target (and its packed weights) with another draft."""
@@ -33,6 +35,10 @@ class SpeculativeLM:
         prompts = [self.prompt_ids(s) for s in sources]
         self.model.begin(len(prompts))
         verifier = ModelVerifier(self.model, len(prompts), self.model.vocab_size)
-        drafter = self.draft.start(PromptBatch(sources, prompts)) if self.draft is not None else None
+        controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
+                                            options.adaptive_draft_length, options.temperature > 0)
+        drafter = None
+        if self.draft is not None and controller.wants_draft():
+            drafter = self.draft.start(PromptBatch(sources, prompts))
         return speculative_decode(verifier, drafter, prompts, self.checkpoint.stop_token_ids, options,
-                                  on_tokens=on_tokens, device=self.model.device)
+                                  on_tokens=on_tokens, device=self.model.device, controller=controller)
