@@ -60,6 +60,7 @@ class ConfigurationSummary:
     tokens_per_target_call: float | None = None
     target_calls: int = 0
     draft_calls: int = 0
+    rescored: int = 0  # half-precision near-ties decided by a float32 rescoring (ours)
     peak_memory_bytes: int = 0  # the largest of the per-call peaks
     weight_bytes: int = 0
     load_seconds: float = 0.0
@@ -150,7 +151,8 @@ def _summary(common: dict, status, records: list[FileRecord], baseline: dict[str
         acceptance_rate=accepted / drafted if drafted else None,
         mean_accepted_length=accepted / rounds if drafted and rounds else None,
         tokens_per_target_call=tokens / target_calls if target_calls else None, target_calls=target_calls,
-        draft_calls=sum(r.draft_calls for r in records), peak_memory_bytes=max(r.peak_memory_bytes for r in records),
+        draft_calls=sum(r.draft_calls for r in records), rescored=sum(r.rescored for r in records),
+        peak_memory_bytes=max(r.peak_memory_bytes for r in records),
         weight_bytes=status.weight_bytes, load_seconds=status.load_seconds,
         parity_identical=identical, parity_files=len(paired) if paired else None, divergences=tuple(divergences))
 
@@ -187,7 +189,7 @@ def summary_table(report: Report) -> str:
     """The summary as a markdown table (one row per configuration)."""
     header = ("| configuration | files | WER % | CER % | parity | latency median s | p90 s | RTFx | tokens/s | "
               "speed-up | acceptance | mean acc. len | tokens/target call | target calls | draft calls | "
-              "peak mem MiB | weights MiB |")
+              "near-ties rescored | peak mem MiB | weights MiB |")
     columns = header.count("|") - 1
     lines = [header, "|" + "---|" * columns]
     for s in report.summaries:
@@ -200,7 +202,7 @@ def summary_table(report: Report) -> str:
             f"{_fmt(s.latency_median, '.3f')} | {_fmt(s.latency_p90, '.3f')} | {_fmt(s.rtfx)} | "
             f"{_fmt(s.tokens_per_second, '.1f')} | {_fmt(s.speedup, '.2f', 'x')} | {_fmt(s.acceptance_rate)} | "
             f"{_fmt(s.mean_accepted_length)} | {_fmt(s.tokens_per_target_call)} | {s.target_calls} | "
-            f"{s.draft_calls} | {_mib(s.peak_memory_bytes)} | {_mib(s.weight_bytes)} |")
+            f"{s.draft_calls} | {s.rescored} | {_mib(s.peak_memory_bytes)} | {_mib(s.weight_bytes)} |")
     return "\n".join(lines)
 
 

@@ -129,6 +129,7 @@ class FileRecord:
     rounds: int = 0  # ours only: draft/verify rounds
     drafted: int = 0  # ours only
     accepted: int = 0  # ours only
+    rescored: int = 0  # ours only: half-precision near-ties decided by a float32 rescoring
     word_errors: ErrorCounts = field(default_factory=ErrorCounts)  # after Whisper's English normaliser
     char_errors: ErrorCounts = field(default_factory=ErrorCounts)
 
@@ -175,6 +176,7 @@ class _Output:
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
+    rescored: int = 0
 
 
 class _OursRunner:
@@ -198,7 +200,7 @@ class _OursRunner:
                             no_speech_threshold=None, logprob_threshold=None, compression_ratio_threshold=None)
         stats = result.stats
         return _Output(result.tokens, result.text, stats.target_calls, stats.draft_calls,
-                       stats.rounds, stats.drafted, stats.accepted)
+                       stats.rounds, stats.drafted, stats.accepted, stats.rescored)
 
 
 class _PeerRunner:
@@ -369,6 +371,6 @@ def _timed(name, runner, file_id, entry, samples, options: EvalOptions, on_step)
         configuration=name, file_id=file_id, audio_seconds=samples.size / SAMPLE_RATE, reference=entry.text,
         text=output.text, tokens=output.tokens, seconds=statistics.median(seconds), repeat_seconds=tuple(seconds),
         peak_memory_bytes=max(peaks), target_calls=output.target_calls, draft_calls=output.draft_calls,
-        rounds=output.rounds, drafted=output.drafted, accepted=output.accepted,
+        rounds=output.rounds, drafted=output.drafted, accepted=output.accepted, rescored=output.rescored,
         word_errors=word_errors(entry.text, output.text), char_errors=char_errors(entry.text, output.text))
 

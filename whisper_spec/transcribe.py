@@ -37,13 +37,16 @@ class TranscribeOptions:
     no_speech_threshold: float | None = 0.6  # a window above this no-speech probability ...
     logprob_threshold: float | None = -1.0  # ... and below this average log-probability is silence
     compression_ratio_threshold: float | None = 2.4  # a window whose text compresses better is a loop: dropped
+    # float16/bfloat16 greedy: top-two margins below this are decided in float32, so that speculative output
+    # equals the same precision's greedy output; None: the dtype's default; 0: off (see whisper.near_ties)
+    near_tie_margin: float | None = None
 
     def longform_options(self, audio_seconds: float) -> LongformOptions:
         timestamps = self.word_timestamps or (
             self.timestamps if self.timestamps is not None else audio_seconds > WINDOW_SECONDS)
         window = WindowOptions(language=self.language, task=self.task, draft_length=self.draft_length,
                                adaptive_draft_length=self.adaptive_draft_length, temperature=self.temperature,
-                               seed=self.seed, timestamps=timestamps)
+                               seed=self.seed, timestamps=timestamps, near_tie_margin=self.near_tie_margin)
         return LongformOptions(window, self.condition_on_previous_text, self.no_speech_threshold,
                                self.logprob_threshold, self.compression_ratio_threshold, self.word_timestamps)
 

@@ -76,6 +76,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1,
                         help="how many files to decode together, one 30-s window of each per step")
     parser.add_argument("--draft-length", type=int, default=6, help="the most draft tokens per round")
+    parser.add_argument("--near-tie-margin", type=float,
+                        help="float16/bfloat16 only: greedy choices whose top two logits are closer than this are "
+                             "decided by a float32 rescoring, keeping speculative output equal to greedy output "
+                             "in the same precision (default: 0.25 for float16, 1.0 for bfloat16; 0 turns it off)")
+    parser.add_argument("--fixed-draft-length", action="store_true",
+                        help="always draft --draft-length tokens per round (default: adapt k to measured "
+                             "acceptance and costs, down to plain decoding when the draft does not pay)")
     parser.add_argument("--overwrite", action="store_true",
                         help="transcribe again files whose outputs already exist (default: skip them)")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
@@ -124,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         target, draft = resolve_models(args.preset, args.target, args.draft)
         options = TranscribeOptions(language=args.language, task=args.task, draft_length=args.draft_length,
-                                    timestamps=True, word_timestamps=args.word_timestamps)
+                                    adaptive_draft_length=not args.fixed_draft_length, timestamps=True,
+                                    near_tie_margin=args.near_tie_margin,
+                                    word_timestamps=args.word_timestamps)
     except ValueError as error:
         print(f"whisper-spec transcribe: {error}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Protocol, Sequence
 
 import torch
@@ -28,12 +29,65 @@ def no_rules(rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[
     return logits
 
 
+class Rescorer(Protocol):
+    """Exact logits for one prefix, computed the same way whichever path asked (see ``NearTieRule``)."""
+
+    def __call__(self, row: int, prefix: Sequence[int]) -> Tensor:
+        """Raw logits [V] (float32, before logit rules) for the token after ``prefix`` in batch row ``row``."""
+        ...
+
+
+class NearTieRule:
+    """Keeps half-precision greedy decoding path-independent: near-ties are decided by an exact rescoring.
+
+    In float16/bfloat16 a k-token verify pass and a one-token step round differently, so where the top
+    two logits are closer than that rounding the argmax can differ between speculative decoding and the
+    same model's plain greedy decoding. Every position whose top-two margin is below ``margin`` is
+    rescored by ``rescore`` (float32, the prefix alone, one fixed shape), and its argmax decides. Both
+    paths then agree: where a path sees a margin >= ``margin`` and the rounding error is below
+    ``margin / 2``, the exact argmax is that path's argmax too, so rescoring or not gives the same token.
+    For greedy acceptance only (sampling reads whole distributions): positions after a row's first
+    disagreement with its draft are left as they are, since greedy acceptance never reads them.
+    """
+
+    def __init__(self, margin: float, rescore: Rescorer):
+        if margin <= 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        self.margin = margin
+        self.rescore = rescore
+        self.rescored: Counter[int] = Counter()  # per batch row: positions decided by rescoring
+
+    def __call__(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]],
+                 logits: Tensor, rules: LogitRules) -> Tensor:
+        """logits [b, K+1, V] after ``rules`` -> float32 [b, K+1, V] with near-tie positions replaced."""
+        logits = logits.float()
+        top2 = logits.topk(2, dim=-1).values  # [b, K+1, 2]
+        close = ((top2[..., 0] - top2[..., 1]) < self.margin).tolist()
+        choice = logits.argmax(dim=-1).tolist()
+        for i, draft in enumerate(drafts):
+            # Greedy acceptance reads positions in order and stops at the first disagreement, whose
+            # argmax is the target's own next token; positions after it decide nothing.
+            for j in range(len(draft) + 1):
+                if close[i][j]:
+                    prefix = list(sequences[i]) + list(draft[:j])
+                    raw = self.rescore(int(rows[i]), prefix).float().to(logits.device)[None, None]
+                    logits[i, j] = rules(rows[i : i + 1], [prefix], [[]], raw)[0, 0]
+                    choice[i][j] = int(logits[i, j].argmax())
+                    self.rescored[int(rows[i])] += 1
+                if j == len(draft) or choice[i][j] != draft[j]:
+                    break
+        return logits
+
+
 class ModelVerifier:
     """The target: scores the last committed token and the k draft tokens in one forward pass."""
 
-    def __init__(self, model: IncrementalModel, batch_size: int, vocab_size: int, rules: LogitRules = no_rules):
+    def __init__(self, model: IncrementalModel, batch_size: int, vocab_size: int, rules: LogitRules = no_rules,
+                 near_ties: NearTieRule | None = None):
+        """``near_ties``: decide near-ties by exact rescoring (half precision; see ``NearTieRule``)."""
         self.cache = PrefixCache(model, batch_size)
         self.rules = rules
+        self.near_ties = near_ties
         self._vocab_size = vocab_size
 
     @property
@@ -43,7 +97,10 @@ class ModelVerifier:
     def score(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]]) -> Tensor:
         extended = [list(s) + list(d) for s, d in zip(sequences, drafts)]
         logits = self.cache.logits(rows, extended, [len(d) + 1 for d in drafts])
-        return self.rules(rows, sequences, drafts, logits)
+        logits = self.rules(rows, sequences, drafts, logits)
+        if self.near_ties is not None:
+            logits = self.near_ties(rows, sequences, drafts, logits, self.rules)
+        return logits
 
 
 class ModelDrafter:

@@ -28,6 +28,7 @@ class SpeculationStats:
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     wall_seconds: float = 0.0  # the whole call, audio loading and features included
+    rescored: int = 0  # positions whose half-precision near-tie an exact float32 rescoring decided
     # accepted-length histogram: how many rounds accepted n draft tokens, as sorted (n, count) pairs
     accepted_lengths: tuple[tuple[int, int], ...] = ()
 
@@ -57,7 +58,8 @@ class SpeculationStats:
                 f"{self.draft_calls} draft calls; acceptance {self.acceptance_rate:.2f} "
                 f"({self.accepted}/{self.drafted}), mean accepted length {self.mean_accepted_length:.2f}; "
                 f"time encoder {self.encoder_seconds:.3f}s, draft {self.draft_seconds:.3f}s, "
-                f"verify {self.verify_seconds:.3f}s, wall {self.wall_seconds:.3f}s")
+                f"verify {self.verify_seconds:.3f}s, wall {self.wall_seconds:.3f}s"
+                + (f"; {self.rescored} near-ties rescored in float32" if self.rescored else ""))
 
 
 def synchronize(device: torch.device | str | None = None) -> None:

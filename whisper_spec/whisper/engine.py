@@ -14,13 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from whisper_spec.core.draft_length import ControllerMemory
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
-from whisper_spec.core.model_roles import ModelVerifier
+from whisper_spec.core.model_roles import ModelVerifier, NearTieRule
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.drafts import WhisperDraft, WindowBatch
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.logit_rules import SuppressionRules
+from whisper_spec.whisper.near_ties import ExactDecoder, default_margin
 from whisper_spec.whisper.prompts import decoder_prompt, detect_language
 from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
@@ -39,6 +41,10 @@ class WindowOptions:
     # exceeds this (where Whisper's silence check needs it); None: for every window
     logprob_if_no_speech_above: float | None = None
     return_encoder_output: bool = False  # keep each window's encoder output (word timestamps align against it)
+    # greedy in float16/bfloat16: top-two margins below this are decided by a float32 rescoring, which keeps
+    # speculative output equal to the same engine's greedy output; None: the dtype's default
+    # (``whisper.near_ties.DEFAULT_MARGINS``; 0 for float32); 0: off
+    near_tie_margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,9 @@ class SpeculativeWhisper:
     def __init__(self, target, draft: WhisperDraft | None = None):
         self.target = target
         self.draft = draft
+        self.draft_lengths = ControllerMemory()  # what this pair costs here, learned across windows
         self.decoder = CachedWhisperDecoder(target.model.model.decoder)
+        self._exact: dict[str, ExactDecoder] = {}  # the float32 decoder for near-ties, built on first need
         config = target.generation_config
         vocab = target.tokenizer.get_vocab()
         self.eot_token_id = vocab["<|endoftext|>"]
@@ -83,6 +91,7 @@ class SpeculativeWhisper:
         other = SpeculativeWhisper.__new__(SpeculativeWhisper)
         other.__dict__.update(self.__dict__)
         other.draft = draft
+        other.draft_lengths = ControllerMemory()
         return other
 
     def text(self, tokens: Sequence[int]) -> str:
@@ -126,10 +135,19 @@ class SpeculativeWhisper:
         prompts = [decoder_prompt(config, lang, options.task, options.timestamps, prev)
                    for lang, prev in zip(languages, previous)]
         rules = self.logit_rules([len(p) for p in prompts], options.timestamps)
-        verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules)
+        margin = options.near_tie_margin if options.near_tie_margin is not None else default_margin(self.decoder.dtype)
+        near_ties = None
+        if margin > 0 and options.temperature == 0:
+            if "decoder" not in self._exact:  # shared with engines made by with_draft (same dict)
+                self._exact["decoder"] = ExactDecoder(self.target.model.model.decoder)
+            near_ties = NearTieRule(margin, self._exact["decoder"].rescorer(hidden))
+        verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules, near_ties)
         no_speech = self._no_speech_probs(verifier, prompts)
-        drafter = None
-        if self.draft is not None:
+        controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
+                                            options.adaptive_draft_length, options.temperature > 0)
+        drafter, draft_encoder_seconds = None, 0.0
+        # a draft that measured slower than plain steps is not even started (its encoder is not free)
+        if self.draft is not None and controller.wants_draft():
             drafter, draft_encoder_seconds = self.draft.start(
                 WindowBatch(audio, hidden, prompts, rules, languages, options.task))
             encoder_seconds += draft_encoder_seconds
@@ -139,7 +157,9 @@ class SpeculativeWhisper:
             draft_length=options.draft_length if drafter is not None else 0,
             adaptive_draft_length=options.adaptive_draft_length,
             temperature=options.temperature, seed=options.seed)
-        result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options, device=self.device)
+        result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options,
+                                    device=self.device, controller=controller,
+                                    draft_setup_seconds=draft_encoder_seconds)
         threshold = options.logprob_if_no_speech_above
         scored = [i for i in range(batch) if threshold is None or no_speech[i] > threshold]
         logprobs = self._avg_logprobs(verifier, rules, prompts, [result.rows[i].tokens for i in scored], scored)
@@ -148,7 +168,8 @@ class SpeculativeWhisper:
         for i, (row, language) in enumerate(zip(result.rows, languages)):
             kept = [(t, d) for t, d in zip(row.tokens, row.from_draft) if t != self.eot_token_id]
             tokens = tuple(t for t, _ in kept)
-            windows.append(DecodedWindow(tokens, self.text(tokens), language, replace(row.stats, encoder_seconds=share),
+            stats = replace(row.stats, encoder_seconds=share, rescored=near_ties.rescored[i] if near_ties else 0)
+            windows.append(DecodedWindow(tokens, self.text(tokens), language, stats,
                                          no_speech[i], logprobs.get(i), row.stopped,
                                          hidden[i] if options.return_encoder_output else None,
                                          from_draft=tuple(d for _, d in kept)))
