@@ -158,6 +158,10 @@ def verdict_html(speculative: Sequence[int], baseline: Sequence[int], speed_up: 
 def acceptance_markdown(stats: SpeculationStats, draft: str | None) -> str:
     if draft is None:
         return "No draft: both columns are the target alone."
+    if stats.drafted == 0:
+        return (f"**Draft `{draft}` not used this time**: the adaptive draft length chose the target's plain "
+                "steps (the draft measured slower than them on this machine, or the text was too short to "
+                "draft); it is re-tried now and then.")
     return (f"**Acceptance** {stats.acceptance_rate:.0%} ({stats.accepted} of {stats.drafted} draft tokens) · "
             f"**mean accepted per round** {stats.mean_accepted_length:.2f} · draft: `{draft}`")
 

@@ -70,7 +70,9 @@ def eval_report(tmp_path_factory) -> tuple[dict, Path]:
         pytest.skip("needs the Debian package pocketsphinx-testdata")
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("eval")
-    status = main(["eval", "--librivox", "--limit", "2", "--out", str(out), "--no-progress",
+    # k fixed: the untrained layers:0,5 draft (acceptance 0) would be switched off by the adaptive length
+    # after the warm-up, and this run checks that drafting statistics reach the report
+    status = main(["eval", "--librivox", "--limit", "2", "--out", str(out), "--no-progress", "--fixed-draft-length",
                    "--config", "ours:base", "--config", "ours:base+layers:0,5", "--config", "transformers:base",
                    "--config", "transformers:base+tiny.en"])
     assert status == 0

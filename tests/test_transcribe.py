@@ -20,7 +20,8 @@ def threads():
 
 
 def test_the_default_pipeline_prints_the_right_words_and_the_statistics():
-    result = transcribe(EXAMPLE, language="en")
+    # k fixed: the shared pipeline's adaptive length may have learned that tiny.en does not pay on this CPU
+    result = transcribe(EXAMPLE, language="en", adaptive_draft_length=False)
     words = result.text.lower()
     for word in ("dashwood", "leisure", "prudently", "power"):
         assert word in words

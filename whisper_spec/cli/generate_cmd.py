@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
                         help="0 for greedy decoding; above 0 samples from the target's distribution")
     parser.add_argument("--seed", type=int, help="random seed for sampling")
     parser.add_argument("--draft-length", type=int, default=6, help="the most draft tokens per round")
+    parser.add_argument("--fixed-draft-length", action="store_true",
+                        help="always draft --draft-length tokens per round (default: adapt k to measured "
+                             "acceptance and costs, down to plain decoding when the draft does not pay)")
     parser.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="do not print statistics to standard error")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             {"role": "user", "content": text}]
     try:
         options = GenerateOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  draft_length=args.draft_length, seed=args.seed)
+                                  draft_length=args.draft_length, seed=args.seed,
+                                  adaptive_draft_length=not args.fixed_draft_length)
         options.decode_options()  # validates the values
     except ValueError as error:
         print(f"whisper-spec generate: {error}", file=sys.stderr)
