@@ -31,18 +31,22 @@ class ModeResult:
     identical: bool  # every clip's tokens equal the target alone's
 
 
-def run(target: str, drafts: list[str | None], clips: list[Path], repeats: int) -> list[ModeResult]:
+def run(target: str, drafts: list[str | None], clips: list[Path], repeats: int,
+        fixed_draft_length: int | None = None) -> list[ModeResult]:
+    """``fixed_draft_length``: draft exactly that many tokens per round (None: the adaptive length)."""
     audio = [load_audio(c) for c in clips]
+    options = {} if fixed_draft_length is None else {"draft_length": fixed_draft_length,
+                                                     "adaptive_draft_length": False}
     for draft in drafts:
         load_pipeline(target, draft)  # load outside the clock
-        transcribe(audio[0], target=target, draft=draft)  # warm-up
+        transcribe(audio[0], target=target, draft=draft, **options)  # warm-up
     walls = {d: [[] for _ in audio] for d in drafts}
     stats = {d: [SpeculationStats() for _ in audio] for d in drafts}
     tokens = {d: [None] * len(audio) for d in drafts}
     for _ in range(repeats):
         for i, samples in enumerate(audio):
             for draft in drafts:
-                result = transcribe(samples, target=target, draft=draft)
+                result = transcribe(samples, target=target, draft=draft, **options)
                 walls[draft][i].append(result.stats.wall_seconds)
                 stats[draft][i] = result.stats
                 tokens[draft][i] = result.tokens
@@ -59,13 +63,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="audio files (default: the five LibriVox clips, real speech no draft was trained on)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all clips and modes")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--fixed-draft-length", type=int, default=None, metavar="K",
+                        help="draft K tokens every round (default: the adaptive length, which switches a "
+                             "draft that does not pay off, so its acceptance is then not measured)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clips = args.audio or sorted(LIBRIVOX.glob("*.wav"))
-    results = run(args.target, [None] + args.draft, clips, args.repeats)
+    results = run(args.target, [None] + args.draft, clips, args.repeats, args.fixed_draft_length)
     baseline = results[0].wall_seconds
+    length = "adaptive" if args.fixed_draft_length is None else f"fixed {args.fixed_draft_length}"
     print(f"target {args.target}, {len(clips)} clips, median of {args.repeats} interleaved rounds, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, draft length {length}")
     print(f"{'draft':18s} {'wall s':>7s} {'speed-up':>8s} {'encoder':>8s} {'draft':>7s} {'verify':>7s} "
           f"{'tokens':>6s} {'calls':>5s} {'accept':>6s} {'acc/rnd':>7s} identical")
     for r in results:
