@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -141,6 +142,10 @@ def _run_method(args, method: str, reference_file: Path) -> dict:
     draft = None if method == "ours" else method.split(":", 1)[1]
     reference = json.loads(reference_file.read_text())
     options = GenerateOptions(max_new_tokens=args.max_new_tokens)
+    if args.draft_length is not None:
+        options = replace(options, draft_length=args.draft_length)
+    if args.draft_confidence is not None:
+        options = replace(options, draft_confidence=args.draft_confidence)
     generate(warm_prompt, args.target, draft, options, max_new_tokens=8)
     for name, prompts in sets.items():
         result["seconds"][name], result["tokens"][name], result["identical"][name] = 0.0, 0, 0
@@ -175,6 +180,11 @@ def main() -> None:
     parser.add_argument("--hf-assistant-tokens", type=int, default=None,
                         help="num_assistant_tokens set on the assistant's generation config (default: "
                              "transformers' own default)")
+    parser.add_argument("--draft-length", type=int,
+                        help="our largest draft length per round (default: GenerateOptions' default)")
+    parser.add_argument("--draft-confidence", type=float,
+                        help="our draft stops a round after a token it gave less than this probability "
+                             "(default: GenerateOptions' default)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
     parser.add_argument("--prompts", type=int, default=3, help="how many prompts of each set (at most 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

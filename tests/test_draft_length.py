@@ -117,3 +117,82 @@ def test_a_controller_kept_across_decodes_stops_starting_a_useless_draft():
                                     DecodeOptions(max_new_tokens=30), controller=controller, draft_setup_seconds=0.01)
         assert result.rows[0].tokens == plain.rows[0].tokens
     assert started[0] and sum(started[-20:]) <= 3
+
+
+def test_a_drafts_catch_up_after_a_pause_does_not_count_as_its_per_token_cost():
+    """A probe after plain steps first feeds the draft everything committed since: slow, but not steady.
+
+    Here a steady draft position costs 0.1 of a step and a two-thirds-right draft pays; the catch-up
+    costs 0.5 of a step per round missed. Counted as per-position cost, one early pause would make every
+    later probe look ruinous, and the draft would stay off for good.
+    """
+    controller = DraftLengthController(max_draft=6)
+    missed, ks = 0, []
+    for hit in [0] * 30 + [4] * 200:  # first a stretch where the draft is wrong, then mostly right
+        k = controller.next_k()
+        ks.append(k)
+        if k == 0:
+            controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=1.0)
+            missed += 1
+            continue
+        accepted = min(k, hit)
+        controller.observe(k=k, accepted=accepted, rejections=int(accepted < k),
+                           draft_seconds=k * 0.1 + 0.5 * missed, verify_seconds=1.2, draft_caught_up=missed > 0)
+        missed = 0
+    assert ks[-20:].count(0) == 0 and min(ks[-20:]) >= 3
+
+
+def test_the_prompt_read_by_a_decodes_first_round_is_not_a_step_cost():
+    controller = DraftLengthController(max_draft=6)
+    controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=50.0, verify_prefilled=True)
+    assert controller.next_k() == 0  # no plain step timed yet
+    controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=1.0)
+    assert controller.next_k() == 6  # now learn what drafting costs
+    controller.observe(k=6, accepted=0, rejections=1, draft_seconds=30.0, verify_seconds=1.5, draft_caught_up=True)
+    assert controller.best_k() is None  # the draft's own prefill taught nothing of its per-token cost
+
+
+def run_gated_rounds(controller, tokens_per_round, rounds=80, t_round=2.0, t_step=1.0):
+    """A self-stopping draft: each drafting round commits ``tokens_per_round`` in ``t_round`` seconds."""
+    ks = []
+    for _ in range(rounds):
+        k = controller.next_k()
+        ks.append(k)
+        if k == 0:
+            controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=t_step)
+        else:
+            width = min(k, 5)
+            controller.observe(k=width, accepted=tokens_per_round - 1, rejections=1, draft_seconds=t_round / 2,
+                               verify_seconds=t_round / 2)
+    return ks
+
+
+def test_a_gated_draft_is_kept_at_its_cap_while_its_rounds_beat_plain_steps():
+    # 3 tokens per 2-second round beat 1 token per 1-second step, whatever the per-token geometry says
+    ks = run_gated_rounds(DraftLengthController(max_draft=20, gated=True), tokens_per_round=3)
+    assert ks[-30:] == [20] * 30
+
+
+def test_a_gated_draft_that_loses_is_switched_off_and_probed_at_its_cap():
+    ks = run_gated_rounds(DraftLengthController(max_draft=20, gated=True, probe_every=8), tokens_per_round=1,
+                          rounds=200)
+    tail = ks[-100:]
+    assert tail.count(0) >= 90 and set(tail) <= {0, 20}
+
+
+def test_a_draft_left_unstarted_is_still_retried_and_taken_back_when_it_pays():
+    """Decodes that do not start the draft still count towards its next probe (else it is never retried)."""
+    prompts = [[3, 4, 5]]
+    plain = speculative_decode(ModelVerifier(HashModel(40, 1, 0), 1, 40), None, prompts, [0],
+                               DecodeOptions(max_new_tokens=30))
+    controller = DraftLengthController(max_draft=6, probe_every=4)
+    started = []
+    for right in [False] * 15 + [True] * 40:  # useless for a while, then always right
+        draft = OracleDrafter({0: list(plain.rows[0].tokens)}, [3], 40, right=right)
+        drafter = draft if controller.wants_draft() else None
+        started.append(drafter is not None)
+        result = speculative_decode(ModelVerifier(HashModel(40, 1, 0), 1, 40), drafter, prompts, [0],
+                                    DecodeOptions(max_new_tokens=30), controller=controller)
+        assert result.rows[0].tokens == plain.rows[0].tokens
+    assert not all(started[5:15])  # switched off while useless
+    assert all(started[-5:])  # and back on for good once it pays (after doubling waits: slowly)

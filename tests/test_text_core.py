@@ -70,6 +70,23 @@ def test_restricted_output_vocabulary(models):
     assert torch.isneginf(out[dropped]).all()
 
 
+def test_int8_draft_forward_stays_close_to_float32(models):
+    """A draft's int8 weights change its proposals a little, never the output: here, how little."""
+    model = models["qwen2"]
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(5))
+    exact, quantized = CachedCausalLM(model, pack_weights=False), CachedCausalLM(model, pack_weights=False, int8=True)
+    assert quantized.head.quantized is not None and exact.head.quantized is None
+    out = []
+    for cached in (exact, quantized):
+        cached.begin(1)
+        out.append(cached.forward_cached(torch.tensor([0]), ids, torch.tensor([0]), torch.arange(16)[None])[0])
+    assert not torch.equal(out[0], out[1])  # it did run on other weights
+    # these random weights are far rougher than a trained model's (whose choices rarely change at all)
+    error = (out[0] - out[1]).abs()
+    assert error.mean() < 0.1 * out[0].abs().mean()
+    assert (out[0].argmax(-1) == out[1].argmax(-1)).float().mean() >= 0.75
+
+
 def _transformers_greedy(model, prompt: list[int], n: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
@@ -96,7 +113,7 @@ def _drafter(models, kind):
     source = models["llama"] if kind == "same-model" else models["draft"]
 
     def make(batch_size):
-        draft = CachedCausalLM(source, pack_weights=False)
+        draft = CachedCausalLM(source, pack_weights=False, int8=kind == "int8-model")
         draft.begin(batch_size)
         drafter = ModelDrafter(draft, batch_size)
         return LookupThenModelDrafter(PromptLookupDrafter(), drafter) if kind == "lookup+model" else drafter
@@ -108,7 +125,7 @@ def expected(models):
     return [_transformers_greedy(models["llama"], p, 24) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("kind", ["none", "prompt-lookup", "same-model", "weak-model", "lookup+model"])
+@pytest.mark.parametrize("kind", ["none", "prompt-lookup", "same-model", "weak-model", "int8-model", "lookup+model"])
 @pytest.mark.parametrize("adaptive", [True, False])
 def test_greedy_speculative_equals_transformers_greedy(models, expected, kind, adaptive):
     result = _decode(models["llama"], _drafter(models, kind), PROMPTS, 24, adaptive_draft_length=adaptive,
@@ -195,3 +212,43 @@ def test_text_bridge_carries_shared_ids_one_to_one_and_text_between_them():
     proposal = bridge.propose(DraftRequest(torch.tensor([0]), [[8, 200, 0, 1, 2, 3]], 9, 0.0, None))
     assert seen == [[[7, 300, 0, 1]]]
     assert proposal.tokens == [[4, 5, 201, 201, 6, 7, 99]]
+
+
+def test_a_model_draft_stops_after_a_token_it_is_unsure_of(models):
+    """With min_confidence, each row's draft ends with the first token that takes the draft's probability
+    of its whole proposal (the product of its token probabilities) below the threshold."""
+    source = models["draft"]
+    prompts = [[5, 17, 33, 2], [60, 61, 62], [9, 8, 7, 6, 5]]
+    k = 8
+    # the draft's own greedy continuation and the probability it gave each token, step by step
+    expected_q = []
+    for prompt in prompts:
+        ids, qs = list(prompt), []
+        with torch.no_grad():
+            for _ in range(k):
+                p = torch.softmax(source(torch.tensor([ids])).logits[0, -1], dim=-1)
+                ids.append(int(p.argmax()))
+                qs.append(float(p.max()))
+        expected_q.append((ids[len(prompt):], qs))
+    products = [torch.tensor(qs).cumprod(0).tolist() for _, qs in expected_q]
+    threshold = sorted(p for row in products for p in row)[3 * k // 2]  # stops some rows early, not all
+    draft = CachedCausalLM(source, pack_weights=False)
+    draft.begin(len(prompts))
+    proposal = ModelDrafter(draft, len(prompts)).propose(
+        DraftRequest(torch.arange(len(prompts)), prompts, k, 0.0, None, min_confidence=threshold))
+    stopped_early = 0
+    for tokens, (greedy, _), row in zip(proposal.tokens, expected_q, products):
+        unsure = [i for i, p in enumerate(row) if p < threshold]
+        length = unsure[0] + 1 if unsure else k
+        assert tokens == greedy[:length]
+        stopped_early += length < k
+    assert stopped_early > 0
+    assert proposal.forward_calls == max(len(t) for t in proposal.tokens)
+
+
+@pytest.mark.parametrize("kind", ["same-model", "weak-model"])
+def test_greedy_parity_when_drafts_stop_on_low_confidence(models, expected, kind):
+    result = _decode(models["llama"], _drafter(models, kind), PROMPTS, 24, adaptive_draft_length=False,
+                     draft_length=8, draft_confidence=0.6)
+    assert [list(r.tokens) for r in result.rows] == expected
+    assert 0 < result.stats.drafted < 8 * result.stats.rounds  # some drafts ended before k

@@ -40,8 +40,11 @@ TextCallback = Callable[[str], None]  # receives each newly generated piece of t
 class GenerateOptions:
     max_new_tokens: int = 256  # the most tokens to generate (a stop token included)
     temperature: float = 0.0  # 0: greedy, token-identical to the target; > 0: sampling, same distribution
-    draft_length: int = 6  # the most draft tokens per round
-    adaptive_draft_length: bool = True  # shrink/grow k from measured acceptance and costs
+    draft_length: int = 20  # the most draft tokens per round (a cap: the draft stops itself, see below)
+    adaptive_draft_length: bool = True  # switch drafting off while plain steps measure faster
+    # a draft model ends its round once the probability it gives its whole proposal falls below this
+    # (0: always draft_length tokens, then chosen from measured acceptance and costs)
+    draft_confidence: float = 0.3
     seed: int | None = None  # random seed for temperature > 0
 
     def decode_options(self) -> DecodeOptions:

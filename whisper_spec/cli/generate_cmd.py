@@ -33,10 +33,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 for greedy decoding; above 0 samples from the target's distribution")
     parser.add_argument("--seed", type=int, help="random seed for sampling")
-    parser.add_argument("--draft-length", type=int, default=6, help="the most draft tokens per round")
+    parser.add_argument("--draft-length", type=int, default=GenerateOptions.draft_length,
+                        help="the most draft tokens per round (default %(default)s)")
+    parser.add_argument("--draft-confidence", type=float, default=GenerateOptions.draft_confidence,
+                        help="a draft model ends its round once the probability it gives its whole proposal "
+                             "(the product of its token probabilities) falls below this (default %(default)s; "
+                             "0: draft --draft-length tokens, or an adaptive k below it)")
     parser.add_argument("--fixed-draft-length", action="store_true",
-                        help="always draft --draft-length tokens per round (default: adapt k to measured "
-                             "acceptance and costs, down to plain decoding when the draft does not pay)")
+                        help="draft every round: up to --draft-length tokens, exactly that many with "
+                             "--draft-confidence 0 (default: adapt, down to plain decoding while the draft "
+                             "measures slower than the target alone, probing now and then)")
     parser.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda, ...)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="do not print statistics to standard error")
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = GenerateOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   draft_length=args.draft_length, seed=args.seed,
-                                  adaptive_draft_length=not args.fixed_draft_length)
+                                  adaptive_draft_length=not args.fixed_draft_length,
+                                  draft_confidence=args.draft_confidence)
         options.decode_options()  # validates the values
     except ValueError as error:
         print(f"whisper-spec generate: {error}", file=sys.stderr)

@@ -7,6 +7,16 @@ a decode (a separate-encoder draft's own encoder pass), shared by the ``R`` draf
 it. All of these are measured while decoding, so the rule adapts to the machine: on a GPU a verify pass
 costs about one step, on a 2-core CPU it can cost twice that.
 
+Within a round a model draft may stop before k (``draft_continues``): once the probability it gives
+its whole proposal so far (the product of its own token probabilities) falls below a threshold, its
+next tokens are unlikely to be reached, and not drafting them saves draft steps while letting k be
+large where the draft is sure (dynamic lookahead: Mamou et al. 2024 stop on a single token's
+probability, as transformers' assisted generation does with 0.4; the product also counts a run of
+merely likely tokens, measured better here). k is then a cap, and the geometric model above no longer
+describes a round (the draft drafts long where it is sure, short where it is not). A *gated*
+controller therefore only chooses between drafting up to the cap and plain steps, by comparing the
+measured rates: tokens committed per second of drafting rounds against plain steps.
+
 k = 0 is plain greedy decoding; a collapsed acceptance therefore costs nearly nothing. While at k = 0
 the rule still probes k = 1 now and then, so that it notices when the draft becomes useful again; each
 probe that finds drafting still unprofitable doubles the wait before the next one, so a useless draft
@@ -18,7 +28,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+from torch import Tensor
+
 from whisper_spec.core.acceptance import expected_accepted_tokens
+
+
+def draft_continues(q_proposal: Tensor, min_confidence: float) -> Tensor:
+    """Whether each row's draft goes on after its newest token.
+
+    q_proposal [b]: the draft's own probability of its proposal so far, prod_i q(x_i). A row stops
+    once it falls below ``min_confidence`` (the newest token is still proposed: verifying one more
+    position costs little). Stopping depends on the draft alone, so it keeps greedy and sampled
+    decoding lossless.
+    """
+    return q_proposal >= min_confidence
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:
@@ -31,9 +55,11 @@ class DraftLengthController:
 
     max_draft: int  # upper bound on k (and the fixed k when not adaptive)
     adaptive: bool = True  # False: always max_draft
+    gated: bool = False  # the draft stops itself (draft_continues): choose only between max_draft and 0
     probe_every: int = 8  # rounds at k = 0 before the first probe with k = 1
     max_probe_interval: int = 512  # the wait doubles after each failed probe, up to this many rounds
     smoothing: float = 0.3  # weight of the newest round in the running averages
+    gated_smoothing: float = 0.1  # the same for a gated draft's rounds, whose yield varies far more
     margin: float = 0.03  # drafting must promise this much more speed than plain steps: timings are noisy
     alpha: float = 0.8  # running per-token acceptance rate; optimistic start so that drafting is tried
     _t_draft: float | None = field(default=None, repr=False)  # seconds per drafted position
@@ -41,6 +67,8 @@ class DraftLengthController:
     _t_step: float | None = field(default=None, repr=False)  # seconds per one-token target step
     _t_setup: float = field(default=0.0, repr=False)  # seconds a draft costs before its first round
     _rounds_per_setup: float | None = field(default=None, repr=False)  # rounds of a decode that set a draft up
+    _tokens_per_round: float | None = field(default=None, repr=False)  # gated: tokens committed per drafting round
+    _t_round: float | None = field(default=None, repr=False)  # gated: seconds per drafting round
     _rounds_at_zero: int = field(default=0, repr=False)
     _probe_interval: int = field(default=0, repr=False)
     _probing: bool = field(default=False, repr=False)
@@ -52,6 +80,12 @@ class DraftLengthController:
 
     def best_k(self) -> int | None:
         """The draft length with the highest expected tokens per second; None until costs are measured."""
+        if self.gated:
+            if self._t_step is None or self._t_round is None:
+                return None
+            setup = self._t_setup / self._rounds_per_setup if self._rounds_per_setup else 0.0
+            rate = self._tokens_per_round / (self._t_round + setup)
+            return self.max_draft if rate > (1.0 + self.margin) / self._t_step else 0
         if self._t_step is None or self._t_draft is None or self._t_verify is None:
             return None
         best_k, best_rate = 0, 1.0 / self._t_step
@@ -87,10 +121,12 @@ class DraftLengthController:
         self._rounds_at_zero += 1
         if self._rounds_at_zero > self._probe_interval:
             self._probing = True
-            return 1
+            return self.max_draft if self.gated else 1  # a gated draft probes at its own length
         return 0
 
-    def observe(self, *, k: int, accepted: int, rejections: int, draft_seconds: float, verify_seconds: float) -> None:
+    def observe(self, *, k: int, accepted: int, rejections: int, draft_seconds: float, verify_seconds: float,
+                verify_prefilled: bool = False, draft_caught_up: bool = False, draft_prefilled: bool = False,
+                rows: int = 1) -> None:
         """Feed back one round of draft length ``k``; counts are summed over the rows of the batch.
 
         ``rejections`` counts the rows whose draft was cut short by a disagreement: a row that accepted
@@ -98,20 +134,41 @@ class DraftLengthController:
         accepted / (accepted + rejections) estimates alpha for that geometric process. The draft's cost
         is taken per drafted position, which also prices model-free drafters (no forward calls, but
         time all the same).
+
+        Times that are not a round's steady cost teach acceptance only: ``verify_prefilled`` (the target
+        call also read the prompt: a decode's first round) and ``draft_caught_up`` (the draft first read
+        the prompt or the tokens committed while it was off). Taken as per-position costs they made a
+        draft that was switched off look ever dearer at each probe, so it never came back on. A gated
+        controller prices whole rounds, catching up included (a few tokens in one pass), so that its
+        probes count, but not a round in which the draft read its prompt (``draft_prefilled``, which
+        implies ``draft_caught_up``); ``rows`` is the batch rows the round served (each committed one
+        token of the target's own).
         """
         if k == 0:
-            self._t_step = _ema(self._t_step, verify_seconds, self.smoothing)
+            if not verify_prefilled:
+                self._t_step = _ema(self._t_step, verify_seconds, self.smoothing)
             return
         trials = accepted + rejections
         if trials:
             self.alpha = _ema(self.alpha, min(accepted / trials, 0.999), self.smoothing)
-        self._t_draft = _ema(self._t_draft, draft_seconds / k, self.smoothing)
-        self._t_verify = _ema(self._t_verify, verify_seconds, self.smoothing)
+        if self.gated and not (verify_prefilled or draft_prefilled):
+            self._tokens_per_round = _ema(self._tokens_per_round, accepted + rows, self.gated_smoothing)
+            self._t_round = _ema(self._t_round, draft_seconds + verify_seconds, self.gated_smoothing)
+        if not (draft_caught_up or draft_prefilled):
+            self._t_draft = _ema(self._t_draft, draft_seconds / k, self.smoothing)
+        if not verify_prefilled:
+            self._t_verify = _ema(self._t_verify, verify_seconds, self.smoothing)
         if self._probing:
             self._probing = False
             self._rounds_at_zero = 0
             if self.best_k() == 0:
                 self._probe_interval = min(2 * self._probe_interval, self.max_probe_interval)
+
+    def count_undrafted_round(self) -> None:
+        """A round of a decode whose draft was not started (``wants_draft`` was False): it brings the
+        next probe closer, as a round at k = 0 does, so that such a draft is retried at all."""
+        if self.adaptive and self.max_draft > 0 and self.best_k() == 0:
+            self._rounds_at_zero += 1
 
     def observe_decode(self, *, setup_seconds: float, rounds: int) -> None:
         """A decode that started a draft ended: its one-off setup cost and its number of rounds.
@@ -129,11 +186,11 @@ class ControllerMemory:
     """One controller per decoding setting, kept by an engine across decodes (a pair's costs persist)."""
 
     def __init__(self) -> None:
-        self._controllers: dict[tuple[int, bool, bool], DraftLengthController] = {}
+        self._controllers: dict[tuple[int, bool, bool, bool], DraftLengthController] = {}
 
-    def get(self, max_draft: int, adaptive: bool, sampling: bool) -> DraftLengthController:
+    def get(self, max_draft: int, adaptive: bool, sampling: bool, gated: bool = False) -> DraftLengthController:
         """The controller for this k bound and mode; sampling accepts at other rates, so it learns apart."""
-        key = (max_draft, adaptive, sampling)
+        key = (max_draft, adaptive, sampling, gated)
         if key not in self._controllers:
-            self._controllers[key] = DraftLengthController(max_draft, adaptive=adaptive)
+            self._controllers[key] = DraftLengthController(max_draft, adaptive=adaptive, gated=gated)
         return self._controllers[key]

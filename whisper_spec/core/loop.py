@@ -25,6 +25,8 @@ class DecodeOptions:
     max_new_tokens: int  # tokens generated per row, the stop token included
     draft_length: int = 6  # k, or the largest k when adaptive
     adaptive_draft_length: bool = True  # choose k each round from measured acceptance and costs
+    # a model draft ends its proposal after a token it gave less than this probability (0: never)
+    draft_confidence: float = 0.0
     temperature: float = 0.0  # 0: greedy (exact-match acceptance); > 0: rejection sampling
     seed: int | None = None  # for sampling; None draws fresh randomness (reproducible with a fixed draft length)
 
@@ -35,6 +37,8 @@ class DecodeOptions:
             raise ValueError(f"draft_length must be >= 0, got {self.draft_length}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 <= self.draft_confidence < 1.0:
+            raise ValueError(f"draft_confidence must be in [0, 1), got {self.draft_confidence}")
 
 
 @dataclass(frozen=True)
@@ -97,25 +101,33 @@ def speculative_decode(
     active = list(range(len(states)))
     if controller is None:
         controller = DraftLengthController(options.draft_length if drafter is not None else 0,
-                                           adaptive=options.adaptive_draft_length)
+                                           adaptive=options.adaptive_draft_length,
+                                           gated=options.draft_confidence > 0)
     generator = None
     if options.temperature > 0 and options.seed is not None:
         generator = torch.Generator(device=device or "cpu").manual_seed(options.seed)
     watch = Stopwatch(device)
     total_rounds = total_drafted = total_accepted = total_target = total_draft_calls = 0
+    drafted_last_round = False  # else the draft must first read what was committed without it
+    draft_started = False  # until its first round, the draft has not read the prompt
 
     while active:
         rows = torch.tensor(active, dtype=torch.long)
         sequences = [states[r].sequence for r in active]
         # the round also yields one token of the target's own, so a draft may use all but one of the budget
         room = [options.max_new_tokens - states[r].generated - 1 for r in active]
-        k = min(controller.next_k(), max(room)) if drafter is not None else 0
+        if drafter is not None:
+            k = min(controller.next_k(), max(room))
+        else:
+            k = 0
+            controller.count_undrafted_round()
         proposal = None
         draft_seconds = 0.0
         if k > 0 and drafter is not None:
             before = watch.seconds["draft"]
             with watch.phase("draft"):
-                proposal = drafter.propose(DraftRequest(rows, sequences, k, options.temperature, generator))
+                proposal = drafter.propose(DraftRequest(rows, sequences, k, options.temperature, generator,
+                                                           options.draft_confidence))
             draft_seconds = watch.seconds["draft"] - before
             drafts = [list(t[: max(0, min(k, r))]) for t, r in zip(proposal.tokens, room)]
         else:
@@ -173,7 +185,11 @@ def speculative_decode(
             if not state.stopped and state.generated < options.max_new_tokens:
                 still_active.append(r)
         controller.observe(k=width, accepted=sum(accepted_list), rejections=rejections,
-                           draft_seconds=draft_seconds, verify_seconds=verify_seconds)
+                           draft_seconds=draft_seconds, verify_seconds=verify_seconds,
+                           verify_prefilled=total_rounds == 1, draft_caught_up=not drafted_last_round,
+                           draft_prefilled=width > 0 and not draft_started, rows=len(active))
+        drafted_last_round = width > 0
+        draft_started = draft_started or width > 0
         active = still_active
     if drafter is not None:
         controller.observe_decode(setup_seconds=draft_setup_seconds, rounds=total_rounds)

@@ -8,6 +8,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
+from whisper_spec.core.draft_length import draft_continues
 from whisper_spec.core.prefix_cache import IncrementalModel, PrefixCache
 from whisper_spec.core.protocols import DraftRequest, Proposal
 
@@ -118,6 +119,7 @@ class ModelDrafter:
         alive = list(range(len(sequences)))
         q_steps: list[tuple[list[int], Tensor]] = []
         calls = 0
+        confidence = None  # [len(alive)]
         for _ in range(request.k):
             if not alive:
                 break
@@ -125,20 +127,43 @@ class ModelDrafter:
             logits = self.cache.logits(request.rows[alive], prefixes, [1] * len(alive))
             logits = self.rules(request.rows[alive], prefixes, [[] for _ in alive], logits)[:, 0].float()
             calls += 1
-            if request.temperature > 0:
-                probs = torch.softmax(logits / request.temperature, dim=-1)
-                tokens = torch.multinomial(probs, 1, generator=request.generator).squeeze(1)
+            tokens, probs, confidence, going_on = draft_step(logits, request, confidence)
+            if probs is not None:
                 q_steps.append((list(alive), probs))
-            else:
-                tokens = logits.argmax(dim=-1)
-            for i, token in zip(list(alive), tokens.tolist()):
+            kept = []
+            for j, (i, token, more) in enumerate(zip(list(alive), tokens.tolist(), going_on)):
                 drafts[i].append(token)
-                if token in self.stop_token_ids:
+                if token in self.stop_token_ids or not more:
                     alive.remove(i)
-        return Proposal(tokens=drafts, forward_calls=calls, q_draft=_stack_q(q_steps, drafts) if q_steps else None)
+                else:
+                    kept.append(j)
+            if confidence is not None:
+                confidence = confidence[kept]
+        return Proposal(tokens=drafts, forward_calls=calls, q_draft=stack_q(q_steps, drafts) if q_steps else None)
 
 
-def _stack_q(q_steps: list[tuple[list[int], Tensor]], drafts: list[list[int]]) -> Tensor:
+def draft_step(logits: Tensor, request: DraftRequest, confidence: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None, list[bool]]:
+    """One draft position for the rows still drafting.
+
+    logits [b, V] (rules applied); ``confidence`` [b]: each row's draft probability of its proposal so
+    far (None at the first position). Returns (tokens [b], the distribution they were sampled from
+    [b, V] or None when greedy, the updated confidence [b] (None when ``request.min_confidence`` is 0),
+    and per row whether its draft goes on: see ``draft_continues``).
+    """
+    probs = None
+    if request.temperature > 0:
+        probs = torch.softmax(logits / request.temperature, dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=request.generator).squeeze(1)
+    else:
+        tokens = logits.argmax(dim=-1)
+    if request.min_confidence <= 0:
+        return tokens, probs, None, [True] * len(tokens)
+    q = (probs if probs is not None else torch.softmax(logits, dim=-1)).gather(1, tokens[:, None]).squeeze(1)
+    confidence = q if confidence is None else confidence * q
+    return tokens, probs, confidence, draft_continues(confidence, request.min_confidence).tolist()
+
+
+def stack_q(q_steps: list[tuple[list[int], Tensor]], drafts: list[list[int]]) -> Tensor:
     """Gather per-step [alive, V] draft distributions into [b, K, V] (zeros past each row's draft)."""
     vocab = q_steps[0][1].shape[-1]
     q = torch.zeros(len(drafts), len(q_steps), vocab, device=q_steps[0][1].device)

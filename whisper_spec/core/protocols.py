@@ -29,6 +29,9 @@ class DraftRequest:
     k: int  # the most tokens to propose per row
     temperature: float  # 0: propose greedily; > 0: sample from the draft's own distribution
     generator: torch.Generator | None  # for sampling drafters
+    # A model drafter stops a row after a token it gave less than this probability (0: never), so that
+    # k is only a cap: long drafts where the draft is sure, short ones where it guesses.
+    min_confidence: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ it as one-hot; whatever it proposes, the target decides, so the bridge is lossle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Collection, Mapping, Sequence
 
 from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
@@ -59,7 +59,8 @@ class TextBridgeDrafter:
         generated = [list(s[self.target_prompt_lengths[r]:]) for r, s in zip(rows, request.sequences)]
         draft_sequences = [self.draft_prompts[r] + self._translate(g, self.to_draft, self.target, self.draft)
                            for r, g in zip(rows, generated)]
-        inner = self.inner.propose(DraftRequest(request.rows, draft_sequences, request.k, 0.0, None))
+        # the bridge proposes deterministically (one-hot), so the inner draft runs greedily
+        inner = self.inner.propose(replace(request, sequences=draft_sequences, temperature=0.0, generator=None))
         proposals = [self._to_target(g, d, request.k) for g, d in zip(generated, inner.tokens)]
         return Proposal(tokens=proposals, forward_calls=inner.forward_calls)
 

@@ -36,7 +36,9 @@ class SpeculativeLM:
         self.model.begin(len(prompts))
         verifier = ModelVerifier(self.model, len(prompts), self.model.vocab_size)
         controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
-                                            options.adaptive_draft_length, options.temperature > 0)
+                                            options.adaptive_draft_length, options.temperature > 0,
+                                            options.draft_confidence > 0 and self.draft is not None
+                                            and self.draft.stops_itself)
         drafter = None
         if self.draft is not None and controller.wants_draft():
             drafter = self.draft.start(PromptBatch(sources, prompts))

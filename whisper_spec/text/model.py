@@ -28,7 +28,8 @@ _INITIAL_CAPACITY = 256  # cache positions allocated per row at first; doubled w
 class CachedCausalLM:
     """An ``IncrementalModel`` (see ``core.prefix_cache``) for a transformers llama/qwen2 causal LM."""
 
-    def __init__(self, model: nn.Module, pack_weights: bool = True, output_ids: Sequence[int] | None = None):
+    def __init__(self, model: nn.Module, pack_weights: bool = True, output_ids: Sequence[int] | None = None,
+                 int8: bool = False):
         """
         Args:
             model: a transformers ``LlamaForCausalLM``/``Qwen2ForCausalLM``/``MistralForCausalLM``.
@@ -36,6 +37,7 @@ class CachedCausalLM:
             output_ids: compute logits only for these token ids (all others get -inf): a draft whose
                 output projection covers part of the vocabulary is cheaper per step, and still lossless
                 because the target decides.
+            int8: run the linear maps on int8 weights (a draft on a CPU; see ``whisper_spec.projection``).
         """
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -54,11 +56,11 @@ class CachedCausalLM:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.scaling = self.layers[0].self_attn.scaling
         self.vocab_size = model.lm_head.weight.shape[0]
-        self.qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], pack_weights)
+        self.qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], pack_weights, int8)
                     for l in self.layers]
-        self.o = [Projection([l.self_attn.o_proj], pack_weights) for l in self.layers]
-        self.gate_up = [Projection([l.mlp.gate_proj, l.mlp.up_proj], pack_weights) for l in self.layers]
-        self.down = [Projection([l.mlp.down_proj], pack_weights) for l in self.layers]
+        self.o = [Projection([l.self_attn.o_proj], pack_weights, int8) for l in self.layers]
+        self.gate_up = [Projection([l.mlp.gate_proj, l.mlp.up_proj], pack_weights, int8) for l in self.layers]
+        self.down = [Projection([l.mlp.down_proj], pack_weights, int8) for l in self.layers]
         self.output_ids = None
         head = model.lm_head
         if output_ids is not None:
@@ -66,7 +68,7 @@ class CachedCausalLM:
             head = nn.Linear(head.in_features, len(self.output_ids), bias=False, device=head.weight.device,
                              dtype=head.weight.dtype)
             head.weight.data = model.lm_head.weight.detach()[self.output_ids]
-        self.head = Projection([head], pack_weights)
+        self.head = Projection([head], pack_weights, int8)
         self._k: list[Tensor] = []
         self._v: list[Tensor] = []
 
