@@ -8,14 +8,17 @@ steps; the file takes a few minutes on a 2-core CPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from whisper_spec.distill.data import TargetLabeler, TargetRecord, audio_files
+from whisper_spec.core.protocols import DraftRequest
 from whisper_spec.distill.draft import (
     DistilledDraft,
+    FeatureDrafter,
     WrongTargetError,
     _FullVocabulary,
     find_draft_file,
@@ -23,7 +26,7 @@ from whisper_spec.distill.draft import (
     save_draft,
 )
 from whisper_spec.distill.model import DistilledDecoder, restricted_index, to_restricted
-from whisper_spec.distill.train import TrainOptions, build_vocabulary, simulate_rounds, train_draft
+from whisper_spec.distill.train import TrainOptions, build_vocabulary, previous_states, simulate_rounds, train_draft
 from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
@@ -88,8 +91,8 @@ def test_simulated_rounds_count_runs_of_agreement():
 
 # ---- checkpoints ----
 
-def _perturbed_draft(base, vocab_ids) -> DistilledDecoder:
-    model = DistilledDecoder(base.model.model.decoder, (0,), vocab_ids)
+def _perturbed_draft(base, vocab_ids, features: bool = False) -> DistilledDecoder:
+    model = DistilledDecoder(base.model.model.decoder, (-1,) if features else (0,), vocab_ids, features)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -104,13 +107,41 @@ def test_teacher_forced_pass_matches_the_cached_decoder(base):
     encoder = torch.randn(2, 1500, 512)
     tokens = torch.tensor([[50258, 50259, 50359, 50363, 440, 2068], [50258, 50259, 50359, 50363, 1012, 17]])
     with torch.no_grad():
-        teacher_forced = model(tokens, model.cross_keys_values(encoder))
+        teacher_forced, _ = model(tokens, model.cross_keys_values(encoder))
     cached = CachedWhisperDecoder(model, output_weight=model.output_weight)
     cached.begin(encoder)
     positions = torch.arange(6).expand(2, -1)
     incremental = cached.forward_cached(torch.arange(2), tokens[:, :4], torch.zeros(2, dtype=torch.long), positions[:, :4])
     rest = cached.forward_cached(torch.arange(2), tokens[:, 4:], torch.full((2,), 4), torch.tensor([[0, 1], [0, 1]]))
     torch.testing.assert_close(torch.cat([incremental, rest], 1), teacher_forced, rtol=1e-4, atol=1e-4)
+
+
+def test_feature_draft_drafts_what_its_training_pass_computes(base):
+    """The engine's FeatureDrafter, fed the target's states, proposes the teacher-forced argmax first,
+    then continues with the states of its own tokens unknown (zeros, as trained), and reads the target's
+    states again next round."""
+    vocab_ids = torch.arange(0, 51865, 5)
+    model = _perturbed_draft(base, vocab_ids, features=True)
+    encoder = torch.randn(1, 1500, 512, generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[50258, 50259, 50359, 50363, 440, 2068, 1012, 17]])
+    target_states = torch.randn(1, 8, 512, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits, _ = model(tokens, model.cross_keys_values(encoder), previous_states(target_states))
+    decoder = CachedWhisperDecoder(model, output_weight=model.output_weight)
+    decoder.begin(encoder)
+    drafter = FeatureDrafter(model, decoder, target_states, 51865)
+    first = drafter.propose(DraftRequest(torch.tensor([0]), [tokens[0, :5].tolist()], 3, 0.0, None))
+    assert first.forward_calls == 3 and len(first.tokens[0]) == 3
+    assert first.tokens[0][0] == vocab_ids[logits[0, 4].argmax()]
+    # the second draft token: the first one read at position 5, its previous state unknown
+    with torch.no_grad():
+        unknown = torch.cat([previous_states(target_states)[:, :5], torch.zeros(1, 1, 512)], dim=1)
+        rolled, _ = model(torch.tensor([tokens[0, :5].tolist() + first.tokens[0][:1]]),
+                          model.cross_keys_values(encoder), unknown)
+    assert first.tokens[0][1] == vocab_ids[rolled[0, 5].argmax()]
+    # next round: positions 5 and 6 committed; the draft rereads them with the target's states
+    second = drafter.propose(DraftRequest(torch.tensor([0]), [tokens[0, :7].tolist()], 1, 0.0, None))
+    assert second.tokens[0][0] == vocab_ids[logits[0, 6].argmax()]
 
 
 def test_save_load_round_trip_keeps_only_new_weights(base, tmp_path):
@@ -128,6 +159,16 @@ def test_save_load_round_trip_keeps_only_new_weights(base, tmp_path):
     # the frozen cross-attention projections come back from the target itself
     assert torch.equal(loaded.layers[0].encoder_attn.k_proj.weight, base.model.model.decoder.layers[0].encoder_attn.k_proj.weight)
     assert find_draft_file(str(path), "base") == path
+
+
+def test_feature_draft_round_trip_keeps_its_input_layer(base, tmp_path):
+    vocab_ids = torch.tensor(sorted(set(range(300)) | set(base.tokenizer.all_special_ids)))
+    model = _perturbed_draft(base, vocab_ids, features=True)
+    path = save_draft(model, TargetRecord.of(base), tmp_path / "features.pt")
+    loaded = load_draft(path, base)
+    assert loaded.features and loaded.init_layers == (5,)
+    torch.testing.assert_close(loaded.fc.weight, model.fc.weight.to(torch.float16).float(), rtol=0, atol=0)
+    assert DistilledDraft(loaded, base).reads_target_states
 
 
 def test_loading_for_another_target_is_a_clear_error(base, tmp_path):
@@ -195,6 +236,38 @@ def test_distilled_draft_output_is_token_identical_on_real_speech(base, short_tr
     assert [w.tokens for w in drafted] == [w.tokens for w in plain]
     assert "John Dashwood" in plain[0].text
     assert sum(w.stats.drafted for w in drafted) > 0
+
+
+@pytest.fixture(scope="module")
+def short_feature_training(base, short_training, tmp_path_factory):
+    """A feature-level draft trained for 40 steps on the same labels."""
+    _, train, held_out = short_training
+    options = TrainOptions(init_layers=(-1,), features=True, steps=40, batch_size=2, eval_every=20,
+                           learning_rate=5e-4, warmup_steps=5, common_tokens=1000)
+    output = tmp_path_factory.mktemp("feature-draft") / "features.pt"
+    return train_draft(base, train, held_out, output, options, progress=False)
+
+
+def test_short_feature_training_beats_the_untrained_draft(short_feature_training):
+    result = short_feature_training
+    assert result.final.acceptance_rate > result.initial.acceptance_rate + 0.05, (result.initial, result.final)
+    assert result.final.mean_accepted_length > result.initial.mean_accepted_length
+
+
+def test_feature_draft_output_is_token_identical_on_real_speech(base, short_feature_training):
+    engine = SpeculativeWhisper(base)
+    audio = [_librivox_clip("sense_and_sensibility_01_austen_64kb-0870"),
+             _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
+    plain = engine.decode_windows(audio, WindowOptions(language="en"))
+    options = WindowOptions(language="en", draft_length=4, adaptive_draft_length=False)
+    drafted = engine.with_draft(DistilledDraft.load(short_feature_training.path, base)).decode_windows(audio, options)
+    assert [w.tokens for w in drafted] == [w.tokens for w in plain]
+    assert sum(w.stats.accepted for w in drafted) > 0
+    # with timestamps too: the draft obeys the same grammar through the target's rules
+    options = replace(options, timestamps=True)
+    plain = engine.decode_windows(audio, replace(options, draft_length=0))
+    drafted = engine.with_draft(DistilledDraft.load(short_feature_training.path, base)).decode_windows(audio, options)
+    assert [w.tokens for w in drafted] == [w.tokens for w in plain]
 
 
 def test_drafts_resolve_by_path_and_a_missing_shipped_draft_is_a_clear_error(base, short_training):

@@ -29,6 +29,8 @@ class TranscribeOptions:
     task: str = "transcribe"  # "transcribe", or "translate" into English (multilingual targets)
     draft_length: int = 6  # the most draft tokens per round
     adaptive_draft_length: bool = True  # shrink/grow k from measured acceptance and costs
+    # a draft ends its round once the probability it gives its whole proposal falls below this (0: never)
+    draft_confidence: float = 0.0
     temperature: float = 0.0  # 0: greedy, token-identical to the target; > 0: sampling, same distribution
     seed: int | None = None  # random seed for temperature > 0
     timestamps: bool | None = None  # segment timestamps; None: only for audio longer than one 30-s window
@@ -45,7 +47,8 @@ class TranscribeOptions:
         timestamps = self.word_timestamps or (
             self.timestamps if self.timestamps is not None else audio_seconds > WINDOW_SECONDS)
         window = WindowOptions(language=self.language, task=self.task, draft_length=self.draft_length,
-                               adaptive_draft_length=self.adaptive_draft_length, temperature=self.temperature,
+                               adaptive_draft_length=self.adaptive_draft_length,
+                               draft_confidence=self.draft_confidence, temperature=self.temperature,
                                seed=self.seed, timestamps=timestamps, near_tie_margin=self.near_tie_margin)
         return LongformOptions(window, self.condition_on_previous_text, self.no_speech_threshold,
                                self.logprob_threshold, self.compression_ratio_threshold, self.word_timestamps)

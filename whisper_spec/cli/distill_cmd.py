@@ -23,8 +23,19 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--held-out", action="append", type=Path, default=[],
                         help="a folder of held-out audio for the acceptance score; default: every 10th training window")
     parser.add_argument("--output", type=Path, required=True, help="where to write the draft (.pt)")
-    parser.add_argument("--layers", default="0",
-                        help="comma-separated target layers the draft starts from, e.g. 0 or 0,-1 (default 0)")
+    parser.add_argument("--head", choices=("tokens", "features"), default="tokens",
+                        help="tokens: the draft reads tokens only (distil-whisper's design); features: it also "
+                             "reads the target's hidden state at the previous position where the target has "
+                             "computed it (EAGLE's design; the engine records the target's states for it)")
+    parser.add_argument("--layers", default=None,
+                        help="comma-separated target layers the draft starts from, e.g. 0 or 0,-1 (default: 0 "
+                             "for --head tokens, -1 for --head features, whose input is already a final state)")
+    parser.add_argument("--feature-weight", type=float, default=TrainOptions.feature_weight,
+                        help="--head features: weight of a loss on the draft's prediction of the target's "
+                             "next state (default 0: the draft never reads its own predictions)")
+    parser.add_argument("--state-dropout", type=float, default=TrainOptions.state_dropout,
+                        help="--head features: share of positions trained without the previous state, as a "
+                             "draft's second and later tokens of a round run")
     parser.add_argument("--steps", type=int, default=TrainOptions.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size, help="windows per step")
     parser.add_argument("--learning-rate", type=float, default=TrainOptions.learning_rate, help="peak AdamW learning rate")
@@ -48,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    features = args.head == "features"
     try:
-        layers = tuple(int(x) for x in args.layers.split(",") if x.strip())
+        layers = tuple(int(x) for x in (args.layers or ("-1" if features else "0")).split(",") if x.strip())
     except ValueError:
         raise SystemExit(f"--layers {args.layers!r}: expected comma-separated integers such as 0,-1") from None
     options = TrainOptions(init_layers=layers, steps=args.steps, batch_size=args.batch_size,
                            learning_rate=args.learning_rate, common_tokens=args.common_tokens,
-                           eval_every=args.eval_every, device=args.device)
+                           eval_every=args.eval_every, device=args.device, features=features,
+                           feature_weight=args.feature_weight, state_dropout=args.state_dropout)
     target = load_whisper(args.target, device=args.device, dtype=torch.float32)
     labeler = TargetLabeler(target, args.cache_dir, language=args.language)
     train_files = [f for folder in args.audio for f in audio_files(folder)]

@@ -80,9 +80,14 @@ def add_parser(subparsers) -> None:
                         help="float16/bfloat16 only: greedy choices whose top two logits are closer than this are "
                              "decided by a float32 rescoring, keeping speculative output equal to greedy output "
                              "in the same precision (default: 0.25 for float16, 1.0 for bfloat16; 0 turns it off)")
+    parser.add_argument("--draft-confidence", type=float, default=0.0,
+                        help="a draft ends its round once the probability it gives its whole proposal (the "
+                             "product of its token probabilities) falls below this; --draft-length is then a "
+                             "cap (default 0: never)")
     parser.add_argument("--fixed-draft-length", action="store_true",
-                        help="always draft --draft-length tokens per round (default: adapt k to measured "
-                             "acceptance and costs, down to plain decoding when the draft does not pay)")
+                        help="draft every round: exactly --draft-length tokens, or up to it with "
+                             "--draft-confidence (default: adapt k to measured acceptance and costs, down to "
+                             "plain decoding when the draft does not pay)")
     parser.add_argument("--overwrite", action="store_true",
                         help="transcribe again files whose outputs already exist (default: skip them)")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
@@ -131,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         target, draft = resolve_models(args.preset, args.target, args.draft)
         options = TranscribeOptions(language=args.language, task=args.task, draft_length=args.draft_length,
-                                    adaptive_draft_length=not args.fixed_draft_length, timestamps=True,
+                                    adaptive_draft_length=not args.fixed_draft_length,
+                                    draft_confidence=args.draft_confidence, timestamps=True,
                                     near_tie_margin=args.near_tie_margin,
                                     word_timestamps=args.word_timestamps)
     except ValueError as error:

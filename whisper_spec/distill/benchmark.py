@@ -32,11 +32,16 @@ class ModeResult:
 
 
 def run(target: str, drafts: list[str | None], clips: list[Path], repeats: int,
-        fixed_draft_length: int | None = None) -> list[ModeResult]:
-    """``fixed_draft_length``: draft exactly that many tokens per round (None: the adaptive length)."""
+        fixed_draft_length: int | None = None, draft_length: int | None = None,
+        draft_confidence: float = 0.0) -> list[ModeResult]:
+    """``fixed_draft_length``: draft exactly that many tokens per round (None: the adaptive length, up to
+    ``draft_length``); ``draft_confidence``: drafts end a round below this probability of their proposal."""
     audio = [load_audio(c) for c in clips]
-    options = {} if fixed_draft_length is None else {"draft_length": fixed_draft_length,
-                                                     "adaptive_draft_length": False}
+    options = {"draft_confidence": draft_confidence}
+    if fixed_draft_length is not None:
+        options.update(draft_length=fixed_draft_length, adaptive_draft_length=False)
+    elif draft_length is not None:
+        options.update(draft_length=draft_length)
     for draft in drafts:
         load_pipeline(target, draft)  # load outside the clock
         transcribe(audio[0], target=target, draft=draft, **options)  # warm-up
@@ -66,12 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-draft-length", type=int, default=None, metavar="K",
                         help="draft K tokens every round (default: the adaptive length, which switches a "
                              "draft that does not pay off, so its acceptance is then not measured)")
+    parser.add_argument("--draft-length", type=int, default=None, metavar="K",
+                        help="the largest k of the adaptive length (default: transcribe()'s)")
+    parser.add_argument("--draft-confidence", type=float, default=0.0,
+                        help="drafts end a round once the probability they give their proposal falls below "
+                             "this (default 0: never)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clips = args.audio or sorted(LIBRIVOX.glob("*.wav"))
-    results = run(args.target, [None] + args.draft, clips, args.repeats, args.fixed_draft_length)
+    results = run(args.target, [None] + args.draft, clips, args.repeats, args.fixed_draft_length,
+                  args.draft_length, args.draft_confidence)
     baseline = results[0].wall_seconds
     length = "adaptive" if args.fixed_draft_length is None else f"fixed {args.fixed_draft_length}"
+    if args.draft_confidence:
+        length += f", ending rounds below confidence {args.draft_confidence}"
     print(f"target {args.target}, {len(clips)} clips, median of {args.repeats} interleaved rounds, "
           f"{torch.get_num_threads()} threads, draft length {length}")
     print(f"{'draft':18s} {'wall s':>7s} {'speed-up':>8s} {'encoder':>8s} {'draft':>7s} {'verify':>7s} "

@@ -3,7 +3,8 @@
 A checkpoint holds only the draft's own weights (float16), the full-vocabulary ids of its output rows,
 the target layers it started from, and a ``TargetRecord`` of the target it was distilled for; loading
 it beside another target raises ``WrongTargetError``. ``DistilledDraft`` is the Whisper draft the
-engine runs: a shared-encoder draft whose restricted scores are scattered back into target ids.
+engine runs: a shared-encoder draft whose restricted scores are scattered back into target ids; a
+feature-level draft runs through ``FeatureDrafter``, which feeds it the target's hidden states.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from whisper_spec.core.model_roles import ModelDrafter
+from whisper_spec.core.model_roles import LogitRules, ModelDrafter, draft_step, no_rules, stack_q
 from whisper_spec.core.prefix_cache import IncrementalModel
-from whisper_spec.core.protocols import Drafter
+from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
 from whisper_spec.distill.data import TargetRecord
 from whisper_spec.distill.model import DistilledDecoder
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts import WindowBatch
+from whisper_spec.whisper.drafts import DRAFT_INT8, WindowBatch
 
 FORMAT = "whisper-spec distilled draft"
 VERSION = 1
@@ -43,7 +45,7 @@ def save_draft(model: DistilledDecoder, target: TargetRecord, path: str | os.Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT, "version": VERSION, "target": asdict(target),
-        "init_layers": list(model.init_layers), "vocab_ids": model.vocab_ids.cpu(),
+        "init_layers": list(model.init_layers), "vocab_ids": model.vocab_ids.cpu(), "features": model.features,
         "state": {k: v.detach().to("cpu", torch.float16) for k, v in model.own_state().items()
                   if k != "vocab_ids"},
         "training": training or {},
@@ -83,7 +85,7 @@ def load_draft(path: str | os.PathLike, target) -> DistilledDecoder:
             f"{actual.fingerprint}, vocabulary {actual.vocab_size}); distil a draft for this target with "
             f"`whisper-spec distill --target {actual.name} --audio DIR`")
     decoder = target.model.model.decoder
-    model = DistilledDecoder(decoder, payload["init_layers"], payload["vocab_ids"])
+    model = DistilledDecoder(decoder, payload["init_layers"], payload["vocab_ids"], payload.get("features", False))
     weight = decoder.embed_tokens.weight
     missing, unexpected = model.load_state_dict(payload["state"], strict=False)
     if unexpected or any(not (".encoder_attn.k_proj." in k or ".encoder_attn.v_proj." in k or k == "vocab_ids")
@@ -137,6 +139,106 @@ class _FullVocabulary:
         return full.index_copy_(2, self.vocab_ids, restricted)
 
 
+class FeatureDrafter:
+    """Drafts with a feature-level draft: the target's hidden states where known, zeros beyond.
+
+    Per row it remembers how many positions its cache holds computed from the TARGET's states
+    (``synced``). Each round it first reads the positions committed since (the verify pass has computed
+    their target states, all but the newest), which also yields its first draft token; each further
+    step reads a draft token whose previous state is unknown (zeros, as trained). Those positions are
+    overwritten once the target's states for them exist, so the draft never builds on guesses for
+    committed text.
+    """
+
+    def __init__(self, model: DistilledDecoder, decoder: CachedWhisperDecoder, target_states: Tensor,
+                 vocab_size: int, rules: LogitRules = no_rules, stop_token_ids: Sequence[int] = ()):
+        """
+        Args:
+            model: the feature-level draft (``model.features``).
+            decoder: a ``CachedWhisperDecoder`` over ``model``, begun on the target's encoder outputs.
+            target_states: [B, P, D] the target's final hidden state at each position of each batch row,
+                valid at least for every committed position but the last when ``propose`` is called.
+            vocab_size: the target's vocabulary size (proposals are full-vocabulary ids).
+        """
+        self.model = model
+        self.decoder = decoder
+        self.target_states = target_states
+        self.vocab_size = vocab_size
+        self.rules = rules
+        self.stop_token_ids = frozenset(stop_token_ids)
+        self.synced = [0] * target_states.shape[0]
+
+    def _scores(self, rows: Tensor, restricted: Tensor, prefixes: Sequence[Sequence[int]]) -> Tensor:
+        """Restricted logits [b, R] -> full-vocabulary logits [b, V] under the target's rules."""
+        full = restricted.new_full((restricted.shape[0], self.vocab_size), -torch.inf)
+        full.index_copy_(1, self.model.vocab_ids, restricted)
+        return self.rules(rows, prefixes, [[] for _ in prefixes], full[:, None])[:, 0].float()
+
+    @torch.inference_mode()
+    def _read(self, rows: list[int], tokens: list[list[int]], starts: list[int],
+              states: list[Tensor] | None) -> Tensor:
+        """Feed each row's ``tokens`` from position ``starts`` with ``states`` [n, D] as h_{t-1} (None:
+        unknown, zeros); returns the logits [b, R] after each row's last token."""
+        width = max(len(t) for t in tokens)
+        device = self.decoder.device
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        previous = torch.zeros(len(rows), width, self.model.output_weight.shape[1], device=device,
+                               dtype=self.decoder.dtype)
+        for i, t in enumerate(tokens):
+            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+            if states is not None:
+                previous[i, : len(t)] = states[i]
+        start = torch.tensor(starts, device=device)
+        positions = (start[:, None] + torch.arange(width, device=device)).clamp_max(self.decoder.max_positions - 1)
+        embeds = self.model.input_embeds(ids, positions, previous)
+        last = torch.tensor([[len(t) - 1] for t in tokens], device=device)
+        return self.decoder.forward_cached(torch.tensor(rows), ids, start, last, inputs_embeds=embeds)[:, 0]
+
+    def propose(self, request: DraftRequest) -> Proposal:
+        rows = request.rows.tolist()
+        sequences = [list(s) for s in request.sequences]
+        dim = self.model.output_weight.shape[1]
+        # catch up: positions synced .. L-1 with the target's states h_{t-1} (zeros before position 0)
+        starts = [min(self.synced[r], len(s) - 1) for r, s in zip(rows, sequences)]
+        states = []
+        for r, s, start in zip(rows, sequences, starts):
+            h = self.target_states[r, max(start - 1, 0): len(s) - 1].to(self.decoder.dtype)
+            if start == 0:
+                h = torch.cat([h.new_zeros(1, dim), h])
+            states.append(h)
+        logits = self._read(rows, [s[start:] for s, start in zip(sequences, starts)], starts, states)
+        for r, s in zip(rows, sequences):
+            self.synced[r] = len(s)
+        drafts: list[list[int]] = [[] for _ in rows]
+        alive = list(range(len(rows)))
+        q_steps: list[tuple[list[int], Tensor]] = []
+        calls = 1
+        confidence = None  # [len(alive)]
+        for step in range(request.k):
+            alive_rows = request.rows[alive]
+            tokens, probs, confidence, going_on = draft_step(
+                self._scores(alive_rows, logits, [sequences[i] + drafts[i] for i in alive]), request, confidence)
+            if probs is not None:
+                q_steps.append((list(alive), probs))
+            fed, kept = [], []
+            for j, (i, token, more) in enumerate(zip(list(alive), tokens.tolist(), going_on)):
+                drafts[i].append(token)
+                if token in self.stop_token_ids or not more:
+                    alive.remove(i)
+                else:
+                    fed.append(i)
+                    kept.append(j)
+            if confidence is not None:
+                confidence = confidence[kept]
+            if step == request.k - 1 or not fed:
+                break
+            positions = [len(sequences[i]) + len(drafts[i]) - 1 for i in fed]
+            logits = self._read([rows[i] for i in fed], [[drafts[i][-1]] for i in fed], positions, None)
+            alive = fed
+            calls += 1
+        return Proposal(tokens=drafts, forward_calls=calls, q_draft=stack_q(q_steps, drafts) if q_steps else None)
+
+
 class DistilledDraft:
     """A distilled draft as a ``WhisperDraft``: reads the target's encoder outputs, runs its own layers."""
 
@@ -144,16 +246,24 @@ class DistilledDraft:
 
     def __init__(self, model: DistilledDecoder, target):
         self.model = model
-        self.decoder = CachedWhisperDecoder(model, output_weight=model.output_weight)
-        self.full: IncrementalModel = _FullVocabulary(self.decoder, model.vocab_ids,
-                                                      target.model.model.decoder.embed_tokens.weight.shape[0])
+        self.decoder = CachedWhisperDecoder(model, output_weight=model.output_weight, int8=DRAFT_INT8)
+        self.vocab_size = target.model.model.decoder.embed_tokens.weight.shape[0]
+        self.full: IncrementalModel = _FullVocabulary(self.decoder, model.vocab_ids, self.vocab_size)
         self.eot_token_id = target.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.reads_target_states = model.features  # the engine records them for it
 
     @classmethod
     def load(cls, path: str | os.PathLike, target) -> "DistilledDraft":
         return cls(load_draft(path, target), target)
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
+        if not self.model.features:
+            self.decoder.begin(batch.target_encoder_hidden)
+            return ModelDrafter(self.full, len(batch.prompts), rules=batch.rules,
+                                stop_token_ids=[self.eot_token_id]), 0.0
+        if batch.target_states is None:
+            raise ValueError("a feature-level draft needs the target's hidden states: decode with an engine "
+                             "that records them (SpeculativeWhisper does when its draft asks)")
         self.decoder.begin(batch.target_encoder_hidden)
-        return ModelDrafter(self.full, len(batch.prompts), rules=batch.rules,
-                            stop_token_ids=[self.eot_token_id]), 0.0
+        return FeatureDrafter(self.model, self.decoder, batch.target_states, self.vocab_size, batch.rules,
+                              [self.eot_token_id]), 0.0

@@ -24,12 +24,14 @@ from whisper_spec.projection import Projection
 class CachedWhisperDecoder(nn.Module):
     """An ``IncrementalModel`` (see ``core.prefix_cache``) for a transformers ``WhisperDecoder``."""
 
-    def __init__(self, decoder: nn.Module, layers: Sequence[int] | None = None, output_weight: Tensor | None = None):
+    def __init__(self, decoder: nn.Module, layers: Sequence[int] | None = None, output_weight: Tensor | None = None,
+                 int8: bool = False):
         """
         Args:
             decoder: a transformers ``WhisperDecoder`` (``model.model.decoder``).
             layers: which of its layers to run, in order (default all).
             output_weight: [V, D] output projection (default: the tied token embedding).
+            int8: run the linear maps on int8 weights (drafts on a CPU; see ``whisper_spec.projection``).
         """
         super().__init__()
         self.embed_tokens = decoder.embed_tokens
@@ -41,13 +43,14 @@ class CachedWhisperDecoder(nn.Module):
         head = nn.Linear(self.output_weight.shape[1], self.output_weight.shape[0], bias=False,
                          device=self.output_weight.device, dtype=self.output_weight.dtype)
         head.weight = nn.Parameter(self.output_weight.detach(), requires_grad=False)  # shared, not copied
-        self._head = Projection([head])
-        self._qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in self.layers]
-        self._self_out = [Projection([l.self_attn.out_proj]) for l in self.layers]
-        self._cross_q = [Projection([l.encoder_attn.q_proj]) for l in self.layers]
-        self._cross_out = [Projection([l.encoder_attn.out_proj]) for l in self.layers]
-        self._fc1 = [Projection([l.fc1]) for l in self.layers]
-        self._fc2 = [Projection([l.fc2]) for l in self.layers]
+        self._head = Projection([head], int8=int8)
+        self._qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], int8=int8)
+                     for l in self.layers]
+        self._self_out = [Projection([l.self_attn.out_proj], int8=int8) for l in self.layers]
+        self._cross_q = [Projection([l.encoder_attn.q_proj], int8=int8) for l in self.layers]
+        self._cross_out = [Projection([l.encoder_attn.out_proj], int8=int8) for l in self.layers]
+        self._fc1 = [Projection([l.fc1], int8=int8) for l in self.layers]
+        self._fc2 = [Projection([l.fc2], int8=int8) for l in self.layers]
         first = self.layers[0].self_attn
         self.num_heads = first.num_heads
         self.head_dim = first.head_dim
@@ -56,6 +59,9 @@ class CachedWhisperDecoder(nn.Module):
         self._self_v: list[Tensor] = []
         self._cross_k: list[Tensor] = []
         self._cross_v: list[Tensor] = []
+        # [B, P+1, D] the final (layer-normed) hidden state at every position read, when ``begin`` asks
+        # for it: what a feature-level draft predicts from (see ``distill.model``)
+        self.hidden_states: Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -71,11 +77,12 @@ class CachedWhisperDecoder(nn.Module):
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     @torch.inference_mode()
-    def begin(self, encoder_hidden: Tensor) -> None:
+    def begin(self, encoder_hidden: Tensor, record_hidden: bool = False) -> None:
         """Start a batch of windows: precompute cross-attention K/V, allocate the self-attention cache.
 
         Args:
             encoder_hidden: [B, S, D] encoder outputs (S = 1500 for 30-second windows).
+            record_hidden: keep every position's final hidden state in ``hidden_states`` [B, P+1, D].
         """
         batch = encoder_hidden.shape[0]
         encoder_hidden = encoder_hidden.to(device=self.device, dtype=self.dtype)
@@ -85,10 +92,17 @@ class CachedWhisperDecoder(nn.Module):
         self._self_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
         self._cross_k = [self._heads(layer.encoder_attn.k_proj(encoder_hidden)).contiguous() for layer in self.layers]
         self._cross_v = [self._heads(layer.encoder_attn.v_proj(encoder_hidden)).contiguous() for layer in self.layers]
+        self.hidden_states = (torch.zeros(batch, self.max_positions + 1, self.layer_norm.normalized_shape[0],
+                                          device=self.device, dtype=self.dtype) if record_hidden else None)
 
     @torch.inference_mode()
-    def forward_cached(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
-        """See ``IncrementalModel.forward_cached``: tokens [b, T] -> logits [b, N, V]."""
+    def forward_cached(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor,
+                       inputs_embeds: Tensor | None = None) -> Tensor:
+        """See ``IncrementalModel.forward_cached``: tokens [b, T] -> logits [b, N, V].
+
+        ``inputs_embeds`` [b, T, D]: the first layer's input in place of the token and position
+        embeddings (a feature-level draft builds its own).
+        """
         if not self._self_k:
             raise RuntimeError("call begin(encoder_hidden) before decoding")
         device = self.device
@@ -104,7 +118,10 @@ class CachedWhisperDecoder(nn.Module):
         mask = None
         if t > 1 or b > 1:
             mask = (torch.arange(keys, device=device)[None, None, :] <= positions[:, :, None])[:, None]
-        x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
+        if inputs_embeds is None:
+            x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
+        else:
+            x = inputs_embeds.to(device=device, dtype=self.dtype)
         row_index = rows[:, None]
         n = b * t
         for i, layer in enumerate(self.layers):
@@ -129,6 +146,11 @@ class CachedWhisperDecoder(nn.Module):
 
             h = layer.final_layer_norm(x).view(n, -1)
             x = x + self._fc2[i](layer.activation_fn(self._fc1[i](h)[0]))[0].view(b, t, -1)
+        if self.hidden_states is not None:
+            x = self.layer_norm(x)
+            self.hidden_states[row_index, write_positions] = x
         x = x.gather(1, output_index.to(device)[:, :, None].expand(-1, -1, x.shape[-1]))
+        if self.hidden_states is None:
+            x = self.layer_norm(x)
         outputs = x.shape[1]
-        return self._head(self.layer_norm(x).view(b * outputs, -1))[0].view(b, outputs, -1)
+        return self._head(x.reshape(b * outputs, -1))[0].view(b, outputs, -1)

@@ -8,6 +8,8 @@
    its tokens travel to the target as text and are re-tokenized, and back.
 
 Whatever the draft proposes, the target decides, so every kind is lossless; the kinds differ in cost.
+On a CPU every draft decoder runs on int8 weights (``DRAFT_INT8``): a draft step reads its weights
+once, so a quarter of the bytes is most of a quarter of the time, and only the proposals can change.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from whisper_spec.whisper.logit_rules import SuppressionRules
 from whisper_spec.whisper.prompts import decoder_prompt
 from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
+DRAFT_INT8 = True  # draft decoders on int8 weights where supported (CPU, float32); targets never
+
 
 @dataclass(frozen=True)
 class WindowBatch:
@@ -39,6 +43,9 @@ class WindowBatch:
     rules: SuppressionRules | TimestampRules  # the target's logit rules for these prompts
     language: Sequence[str]  # B language codes (for a multilingual draft's own prompt)
     task: str
+    # [B, P, D] the target's final hidden state at every position it has read, kept up to date by the
+    # verify passes; recorded only for a draft whose ``reads_target_states`` is True
+    target_states: Tensor | None = None
 
 
 class WhisperDraft(Protocol):
@@ -71,7 +78,7 @@ class SeparateEncoderDraft:
 
     def __init__(self, checkpoint):
         self.checkpoint = checkpoint
-        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder)
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, int8=DRAFT_INT8)
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         hidden, seconds = encode_audio(self.checkpoint, batch.audio)
@@ -87,7 +94,7 @@ class CrossTokenizerDraft:
     def __init__(self, checkpoint, target_tokenizer):
         self.checkpoint = checkpoint
         self.target_tokenizer = target_tokenizer
-        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder)
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, int8=DRAFT_INT8)
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         hidden, seconds = encode_audio(self.checkpoint, batch.audio)
@@ -150,11 +157,11 @@ def resolve_draft(spec: str, target, device=None, dtype=None) -> WhisperDraft:
             raise ValueError(f"draft spec {spec!r}: expected layers:i,j,... with integer layer indices") from None
         if not layers:
             raise ValueError(f"draft spec {spec!r} names no layers")
-        return SharedEncoderDraft(CachedWhisperDecoder(decoder, layers=layers), eot)
+        return SharedEncoderDraft(CachedWhisperDecoder(decoder, layers=layers, int8=DRAFT_INT8), eot)
     weight = target.model.model.decoder.embed_tokens.weight
     draft = load_whisper(spec, device=device or weight.device, dtype=dtype or weight.dtype)
     if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
         return CrossTokenizerDraft(draft, target.tokenizer)
     if _same_encoder(draft, target):
-        return SharedEncoderDraft(CachedWhisperDecoder(draft.model.model.decoder), eot)
+        return SharedEncoderDraft(CachedWhisperDecoder(draft.model.model.decoder, int8=DRAFT_INT8), eot)
     return SeparateEncoderDraft(draft)

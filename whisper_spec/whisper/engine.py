@@ -33,6 +33,7 @@ class WindowOptions:
     task: str = "transcribe"  # or "translate" (multilingual targets)
     draft_length: int = 6  # largest k per round
     adaptive_draft_length: bool = True  # choose k from measured acceptance and costs
+    draft_confidence: float = 0.0  # a draft ends its round below this probability of its proposal (0: never)
     temperature: float = 0.0  # 0: greedy, token-identical to the target alone
     seed: int | None = None  # for temperature > 0
     max_new_tokens: int | None = None  # default: up to the decoder's 448 positions
@@ -120,7 +121,7 @@ class SpeculativeWhisper:
             languages: per row, a language code or None (detect); default ``options.language`` for all.
         """
         hidden, encoder_seconds = encode_audio(self.target, audio)
-        self.decoder.begin(hidden)
+        self.decoder.begin(hidden, record_hidden=getattr(self.draft, "reads_target_states", False))
         batch = len(audio)
         previous = previous if previous is not None else [()] * batch
         wanted = list(languages) if languages is not None else [options.language] * batch
@@ -144,18 +145,19 @@ class SpeculativeWhisper:
         verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules, near_ties)
         no_speech = self._no_speech_probs(verifier, prompts)
         controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
-                                            options.adaptive_draft_length, options.temperature > 0)
+                                            options.adaptive_draft_length, options.temperature > 0,
+                                            options.draft_confidence > 0)
         drafter, draft_encoder_seconds = None, 0.0
         # a draft that measured slower than plain steps is not even started (its encoder is not free)
         if self.draft is not None and controller.wants_draft():
             drafter, draft_encoder_seconds = self.draft.start(
-                WindowBatch(audio, hidden, prompts, rules, languages, options.task))
+                WindowBatch(audio, hidden, prompts, rules, languages, options.task, self.decoder.hidden_states))
             encoder_seconds += draft_encoder_seconds
         budget = self.decoder.max_positions - max(len(p) for p in prompts)
         decode_options = DecodeOptions(
             max_new_tokens=min(options.max_new_tokens or budget, budget),
             draft_length=options.draft_length if drafter is not None else 0,
-            adaptive_draft_length=options.adaptive_draft_length,
+            adaptive_draft_length=options.adaptive_draft_length, draft_confidence=options.draft_confidence,
             temperature=options.temperature, seed=options.seed)
         result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options,
                                     device=self.device, controller=controller,
