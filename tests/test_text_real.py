@@ -68,8 +68,10 @@ def test_smollm2_greedy_parity(smollm2_reference, draft, prompt):
     assert list(result.tokens) == smollm2_reference[prompt]
     assert result.text == load_text_engine("smollm2-135m").checkpoint.tokenizer.decode(
         smollm2_reference[prompt], skip_special_tokens=True)
-    if draft == "smollm2-135m":  # the target drafting for itself: wrong only where it needs an id past 32767
-        assert result.stats.accepted >= 0.8 * result.stats.drafted > 0
+    if draft == "smollm2-135m":
+        # the target drafting for itself, but on int8 weights and the first 32768 ids: right about half the
+        # time or more on these prompts (an unrelated draft is right far less)
+        assert result.stats.accepted >= 0.4 * result.stats.drafted > 0
 
 
 @needs_smollm2
