@@ -196,3 +196,28 @@ def test_a_draft_left_unstarted_is_still_retried_and_taken_back_when_it_pays():
         assert result.rows[0].tokens == plain.rows[0].tokens
     assert not all(started[5:15])  # switched off while useless
     assert all(started[-5:])  # and back on for good once it pays (after doubling waits: slowly)
+
+
+def test_a_draft_with_a_costly_setup_waits_longer_before_it_is_started_to_probe():
+    """Starting a draft to probe it costs its setup (its own encoder); the wait scales with that cost."""
+    def rounds_until_started(setup_seconds):
+        controller = DraftLengthController(max_draft=6, probe_every=8)
+        run_rounds(controller, alpha_hit=0, rounds=40)  # t_step = 1: plain steps win
+        controller.observe_decode(setup_seconds=setup_seconds, rounds=40)
+        waits = 0
+        while not controller.wants_draft():
+            controller.count_undrafted_round()
+            controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=1.0)
+            waits += 1
+        return waits
+
+    cheap, costly = rounds_until_started(0.0), rounds_until_started(10.0)
+    assert costly >= 5 * max(cheap, 1)
+
+
+def test_a_draft_that_loses_even_when_always_right_is_not_probed():
+    """The target drafting for itself: every token right, but a draft position costs a whole step."""
+    controller = DraftLengthController(max_draft=6, probe_every=4)
+    ks = run_rounds(controller, alpha_hit=100, rounds=200, t_draft=1.0, t_verify=1.3, t_step=1.0)
+    assert not controller.could_pay()
+    assert ks[-150:] == [0] * 150 and not controller.wants_draft()

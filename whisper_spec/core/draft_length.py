@@ -78,6 +78,22 @@ class DraftLengthController:
             raise ValueError(f"max_draft must be >= 0, got {self.max_draft}")
         self._probe_interval = self.probe_every
 
+    def could_pay(self) -> bool:
+        """Whether drafting would beat plain steps even if every draft token were right (always True
+        until costs are measured, and for a gated draft, whose yield has no such ceiling here).
+
+        Probes only look for a change in acceptance: a draft whose costs lose even at full acceptance
+        (the target drafting for itself) is not probed, since each probe is a loss.
+        """
+        if self.gated or self._t_step is None or self._t_draft is None or self._t_verify is None:
+            return True
+        alpha = self.alpha
+        self.alpha = 0.999
+        try:
+            return self.best_k() != 0
+        finally:
+            self.alpha = alpha
+
     def best_k(self) -> int | None:
         """The draft length with the highest expected tokens per second; None until costs are measured."""
         if self.gated:
@@ -105,7 +121,13 @@ class DraftLengthController:
         """
         if not self.adaptive or self.max_draft == 0:
             return self.max_draft > 0
-        return self.best_k() != 0 or self._rounds_at_zero >= self._probe_interval
+        if self.best_k() != 0:
+            return True
+        if not self.could_pay():
+            return False
+        # starting a draft to probe it costs its setup too (a separate encoder): wait that much longer
+        setup_in_steps = self._t_setup / self._t_step if self._t_step else 0.0
+        return self._rounds_at_zero >= self._probe_interval * (1.0 + setup_in_steps)
 
     def next_k(self) -> int:
         if not self.adaptive or self.max_draft == 0:
@@ -119,7 +141,7 @@ class DraftLengthController:
             self._rounds_at_zero, self._probe_interval = 0, self.probe_every
             return best
         self._rounds_at_zero += 1
-        if self._rounds_at_zero > self._probe_interval:
+        if self._rounds_at_zero > self._probe_interval and self.could_pay():
             self._probing = True
             return self.max_draft if self.gated else 1  # a gated draft probes at its own length
         return 0

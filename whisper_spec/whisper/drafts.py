@@ -8,8 +8,11 @@
    its tokens travel to the target as text and are re-tokenized, and back.
 
 Whatever the draft proposes, the target decides, so every kind is lossless; the kinds differ in cost.
-On a CPU every draft decoder runs on int8 weights (``DRAFT_INT8``): a draft step reads its weights
-once, so a quarter of the bytes is most of a quarter of the time, and only the proposals can change.
+``DRAFT_INT8`` runs draft decoders on int8 weights on a CPU: a draft step reads its weights once, so a
+quarter of the bytes is most of a quarter of the time, and only the proposals can change. It is off by
+default: with it, tiny.en drafting for base measured 1.19-1.22x on full 30-s windows but 0.91-0.95x on
+short clips, where the adaptive length kept the cheaper draft on although its own encoder makes it lose
+(the evaluation's 35 short files: 0.94x against 1.00x without); see evaluation/results/distill-base.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from whisper_spec.whisper.logit_rules import SuppressionRules
 from whisper_spec.whisper.prompts import decoder_prompt
 from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
-DRAFT_INT8 = True  # draft decoders on int8 weights where supported (CPU, float32); targets never
+DRAFT_INT8 = False  # True: draft decoders on int8 weights where supported (CPU, float32); targets never
 
 
 @dataclass(frozen=True)
