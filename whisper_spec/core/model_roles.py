@@ -130,15 +130,7 @@ class ModelDrafter:
             tokens, probs, confidence, going_on = draft_step(logits, request, confidence)
             if probs is not None:
                 q_steps.append((list(alive), probs))
-            kept = []
-            for j, (i, token, more) in enumerate(zip(list(alive), tokens.tolist(), going_on)):
-                drafts[i].append(token)
-                if token in self.stop_token_ids or not more:
-                    alive.remove(i)
-                else:
-                    kept.append(j)
-            if confidence is not None:
-                confidence = confidence[kept]
+            alive, confidence = extend_drafts(drafts, alive, tokens, going_on, self.stop_token_ids, confidence)
         return Proposal(tokens=drafts, forward_calls=calls, q_draft=stack_q(q_steps, drafts) if q_steps else None)
 
 
@@ -161,6 +153,18 @@ def draft_step(logits: Tensor, request: DraftRequest, confidence: Tensor | None)
     q = (probs if probs is not None else torch.softmax(logits, dim=-1)).gather(1, tokens[:, None]).squeeze(1)
     confidence = q if confidence is None else confidence * q
     return tokens, probs, confidence, draft_continues(confidence, request.min_confidence).tolist()
+
+
+def extend_drafts(drafts: list[list[int]], alive: list[int], tokens: Tensor, going_on: list[bool],
+                  stop_token_ids: frozenset[int], confidence: Tensor | None) -> tuple[list[int], Tensor | None]:
+    """Append each drafting row's new token (``tokens`` [len(alive)]) to ``drafts``; returns the rows that
+    draft on (no stop id proposed, confidence still high enough) and their confidence."""
+    kept = []
+    for j, (i, token, more) in enumerate(zip(alive, tokens.tolist(), going_on)):
+        drafts[i].append(token)
+        if token not in stop_token_ids and more:
+            kept.append(j)
+    return [alive[j] for j in kept], confidence[kept] if confidence is not None else None
 
 
 def stack_q(q_steps: list[tuple[list[int], Tensor]], drafts: list[list[int]]) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from whisper_spec.core.model_roles import LogitRules, ModelDrafter, draft_step, no_rules, stack_q
+from whisper_spec.core.model_roles import LogitRules, ModelDrafter, draft_step, extend_drafts, no_rules, stack_q
 from whisper_spec.core.prefix_cache import IncrementalModel
 from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
 from whisper_spec.distill.data import TargetRecord
@@ -220,21 +220,11 @@ class FeatureDrafter:
                 self._scores(alive_rows, logits, [sequences[i] + drafts[i] for i in alive]), request, confidence)
             if probs is not None:
                 q_steps.append((list(alive), probs))
-            fed, kept = [], []
-            for j, (i, token, more) in enumerate(zip(list(alive), tokens.tolist(), going_on)):
-                drafts[i].append(token)
-                if token in self.stop_token_ids or not more:
-                    alive.remove(i)
-                else:
-                    fed.append(i)
-                    kept.append(j)
-            if confidence is not None:
-                confidence = confidence[kept]
-            if step == request.k - 1 or not fed:
+            alive, confidence = extend_drafts(drafts, alive, tokens, going_on, self.stop_token_ids, confidence)
+            if step == request.k - 1 or not alive:
                 break
-            positions = [len(sequences[i]) + len(drafts[i]) - 1 for i in fed]
-            logits = self._read([rows[i] for i in fed], [[drafts[i][-1]] for i in fed], positions, None)
-            alive = fed
+            positions = [len(sequences[i]) + len(drafts[i]) - 1 for i in alive]
+            logits = self._read([rows[i] for i in alive], [[drafts[i][-1]] for i in alive], positions, None)
             calls += 1
         return Proposal(tokens=drafts, forward_calls=calls, q_draft=stack_q(q_steps, drafts) if q_steps else None)
 
