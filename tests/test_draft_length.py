@@ -173,6 +173,15 @@ def test_a_gated_draft_is_kept_at_its_cap_while_its_rounds_beat_plain_steps():
     assert ks[-30:] == [20] * 30
 
 
+def test_one_unlucky_first_round_does_not_lock_a_good_gated_draft_out():
+    controller = DraftLengthController(max_draft=20, gated=True, probe_every=8)
+    controller.observe(k=0, accepted=0, rejections=0, draft_seconds=0.0, verify_seconds=1.0)
+    controller.observe(k=5, accepted=0, rejections=1, draft_seconds=1.0, verify_seconds=1.0)  # 1 token in 2 s
+    assert controller.best_k() == 0
+    ks = run_gated_rounds(controller, tokens_per_round=4, rounds=40)  # then 4 tokens per 2-s round
+    assert ks[-20:] == [20] * 20, ks
+
+
 def test_a_gated_draft_that_loses_is_switched_off_and_probed_at_its_cap():
     ks = run_gated_rounds(DraftLengthController(max_draft=20, gated=True, probe_every=8), tokens_per_round=1,
                           rounds=200)

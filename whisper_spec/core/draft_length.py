@@ -69,6 +69,7 @@ class DraftLengthController:
     _rounds_per_setup: float | None = field(default=None, repr=False)  # rounds of a decode that set a draft up
     _tokens_per_round: float | None = field(default=None, repr=False)  # gated: tokens committed per drafting round
     _t_round: float | None = field(default=None, repr=False)  # gated: seconds per drafting round
+    _gated_rounds: int = field(default=0, repr=False)  # gated: drafting rounds priced so far
     _rounds_at_zero: int = field(default=0, repr=False)
     _probe_interval: int = field(default=0, repr=False)
     _probing: bool = field(default=False, repr=False)
@@ -174,8 +175,12 @@ class DraftLengthController:
         if trials:
             self.alpha = _ema(self.alpha, min(accepted / trials, 0.999), self.smoothing)
         if self.gated and not (verify_prefilled or draft_prefilled):
-            self._tokens_per_round = _ema(self._tokens_per_round, accepted + rows, self.gated_smoothing)
-            self._t_round = _ema(self._t_round, draft_seconds + verify_seconds, self.gated_smoothing)
+            # a plain mean over the first rounds, the running average after: started at its first round,
+            # a slow average let one unlucky round switch a good draft off for hundreds of rounds
+            self._gated_rounds += 1
+            weight = max(self.gated_smoothing, 1.0 / self._gated_rounds)
+            self._tokens_per_round = _ema(self._tokens_per_round, accepted + rows, weight)
+            self._t_round = _ema(self._t_round, draft_seconds + verify_seconds, weight)
         if not (draft_caught_up or draft_prefilled):
             self._t_draft = _ema(self._t_draft, draft_seconds / k, self.smoothing)
         if not verify_prefilled:
