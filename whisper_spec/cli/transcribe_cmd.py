@@ -60,8 +60,9 @@ def add_parser(subparsers) -> None:
                         help="a named target/draft pair (default: 'base' when no --target is given)")
     parser.add_argument("--target", help="the model whose transcript you get: bundled name, folder or hub id")
     parser.add_argument("--draft", default=DEFAULT,
-                        help="the draft: a model name, or layers:i,j for some of the target's own decoder "
-                             "layers; 'default' takes the preset's")
+                        help="the draft: a model name; layers:i,j for some of the target's own decoder "
+                             "layers; a distilled draft (a .pt file from `whisper-spec distill`, or 'distilled' "
+                             "for the one shipped for the target); 'default' takes the preset's")
     parser.add_argument("--no-speculative", action="store_true",
                         help="run the target alone (the baseline), everything else unchanged")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

@@ -6,6 +6,11 @@ its final hidden state at every position (times the output projection, the targe
 for a distillation loss; a hidden state is 512 numbers where a distribution is 51,865). Each clip is one
 file in a cache directory named after the target's fingerprint, so a rerun, a resumed training or a
 second training on the same audio computes nothing again.
+
+Windows can be labelled in either of the target's decoding modes: plain text, or with Whisper's
+timestamp tokens (``timestamps=True``), the mode ``transcribe()`` decodes audio longer than one window
+in. A draft trained on one mode only proposes the other mode's tokens poorly, so the two are labelled
+(and cached) separately and can be trained on together.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.features import WINDOW_SECONDS, encode_audio
 from whisper_spec.whisper.logit_rules import SuppressionRules
 from whisper_spec.whisper.prompts import decoder_prompt, detect_language
+from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 SAMPLE_RATE = 16_000
@@ -136,16 +142,19 @@ def _clip_key(path: Path) -> str:
 class TargetLabeler:
     """Runs the target over clips and caches one ``DistillExample`` per clip."""
 
-    def __init__(self, checkpoint, cache_dir: str | os.PathLike | None = None, language: str | None = None):
+    def __init__(self, checkpoint, cache_dir: str | os.PathLike | None = None, language: str | None = None,
+                 timestamps: bool = False):
         """
         Args:
             checkpoint: the target ``WhisperCheckpoint``.
             cache_dir: where labels are kept (default: ``<whisper_spec cache>/distill``); one subfolder per target.
             language: decode every clip in this language; None detects it per clip, as ``transcribe`` does.
+            timestamps: decode with Whisper's timestamp tokens (under the target's timestamp rules).
         """
         self.checkpoint = checkpoint
         self.record = TargetRecord.of(checkpoint)
         self.language = language
+        self.timestamps = timestamps
         self.folder = Path(cache_dir or default_cache_dir()) / self.record.fingerprint
         self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder)
         weight = checkpoint.model.model.decoder.embed_tokens.weight
@@ -158,7 +167,7 @@ class TargetLabeler:
 
     def cached_path(self, group: Sequence[Path]) -> Path:
         key = hashlib.sha1("|".join(_clip_key(p) for p in group).encode()).hexdigest()[:20]
-        return self.folder / f"{key}.pt"
+        return self.folder / (f"{key}-timestamps.pt" if self.timestamps else f"{key}.pt")
 
     def examples(self, files: Sequence[Path], batch_size: int = 4, pack_seconds: float = 0.0,
                  progress: Callable[[Iterable], Iterable] | None = None) -> list[DistillExample]:
@@ -198,8 +207,11 @@ class TargetLabeler:
             languages = detect_language(self.decoder, config, batch)
         else:
             languages = [self.language or "en"] * batch
-        prompts = [decoder_prompt(config, language, "transcribe") for language in languages]
+        prompts = [decoder_prompt(config, language, "transcribe", self.timestamps) for language in languages]
         rules = SuppressionRules(tuple(len(p) for p in prompts), self.suppress, self.begin_suppress)
+        if self.timestamps:  # the same rules as the engine's (``SpeculativeWhisper.logit_rules``)
+            rules = TimestampRules(rules, timestamp_begin_id(checkpoint.tokenizer), config.no_timestamps_token_id,
+                                   self.eot, getattr(config, "max_initial_timestamp_index", 50))
         verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules)
         budget = self.decoder.max_positions - max(len(p) for p in prompts)
         result = speculative_decode(verifier, None, prompts, [self.eot], DecodeOptions(max_new_tokens=budget),

@@ -1,9 +1,13 @@
 """The distilled draft: a few decoder layers over the TARGET's encoder outputs, with a restricted output.
 
-Its own weights are small: copies of one or two of the target's decoder layers (distil-whisper starts
-from the first and last), a final layer norm and an output layer over only the tokens the target emits
-on the training audio plus every special token. Token and position embeddings are the target's, used
-in place and never saved. The cross-attention key/value projections stay the target's (frozen): the
+``DraftLayers`` is what every distilled draft shares (the teacher-forced pass training runs, the
+restricted output); ``DistilledDecoder`` below starts from the target's own layers, and
+``distill.donor.DonorDecoder`` from a smaller Whisper's decoder.
+
+A ``DistilledDecoder``'s own weights are small: copies of one or two of the target's decoder layers
+(distil-whisper starts from the first and last), a final layer norm and an output layer over only the
+tokens the target emits on the training audio plus every special token. Token and position embeddings
+are the target's, used in place and never saved. The cross-attention key/value projections stay the target's (frozen): the
 draft reads the target's encoder outputs through them, and training precomputes their output once.
 
 A *feature-level* draft (``features=True``, after EAGLE: Li et al. 2024) also reads the target's own
@@ -32,7 +36,61 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class DistilledDecoder(nn.Module):
+class DraftLayers(nn.Module):
+    """What every distilled draft shares: Whisper decoder layers run teacher-forced over a restricted output.
+
+    Subclasses own ``layers``, ``layer_norm``, ``embed_tokens``, ``embed_positions`` (transformers'
+    ``WhisperDecoder`` names, so ``CachedWhisperDecoder`` runs them for inference unchanged),
+    ``output_weight`` [R, D] and ``vocab_ids`` [R], and say how tokens and encoder outputs come in.
+    """
+
+    features = False  # reads the target's previous hidden state (feature-level draft)
+    trains_cross = False  # cross-attention keys/values depend on trained weights (never cache them in training)
+
+    def _set_heads(self) -> None:
+        first = self.layers[0].self_attn
+        self.num_heads, self.head_dim = first.num_heads, first.head_dim
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def encoder_input(self, encoder_hidden: Tensor) -> Tensor:
+        """[B, S, D] the target's encoder outputs -> what the draft's cross-attention reads (here: the same)."""
+        return encoder_hidden
+
+    def input_embeds(self, tokens: Tensor, positions: Tensor, previous_hidden: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def cross_keys_values(self, encoder_hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, tokens: Tensor, cross: Sequence[tuple[Tensor, Tensor]],
+                previous_hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced pass (training): tokens [B, T] -> (restricted logits [B, T, R], hidden [B, T, D]).
+
+        ``previous_hidden`` [B, T, D] (feature-level drafts): at t, the target's final hidden state at
+        t - 1 (zeros at t = 0). ``hidden`` is the draft's own layer-normed final state, its prediction of
+        the target's. The same arithmetic as ``CachedWhisperDecoder.forward_cached`` without a cache;
+        right padding is harmless because attention is causal.
+        """
+        b, t = tokens.shape
+        x = self.input_embeds(tokens, torch.arange(t, device=tokens.device).expand(b, -1), previous_hidden)
+        for layer, (k_enc, v_enc) in zip(self.layers, cross):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            out = F.scaled_dot_product_attention(self._heads(attn.q_proj(h)), self._heads(attn.k_proj(h)),
+                                                 self._heads(attn.v_proj(h)), is_causal=True)
+            x = x + attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+            h = layer.encoder_attn_layer_norm(x)
+            out = F.scaled_dot_product_attention(self._heads(layer.encoder_attn.q_proj(h)), k_enc, v_enc)
+            x = x + layer.encoder_attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        hidden = self.layer_norm(x)
+        return hidden @ self.output_weight.T, hidden
+
+
+class DistilledDecoder(DraftLayers):
     """The draft's own weights, plus references to the target's embeddings (not registered, not saved).
 
     Attribute names follow transformers' ``WhisperDecoder`` (``embed_tokens``, ``embed_positions``,
@@ -70,17 +128,12 @@ class DistilledDecoder(nn.Module):
         # plain attributes, not submodules: the target owns them
         object.__setattr__(self, "embed_tokens", target_decoder.embed_tokens)
         object.__setattr__(self, "embed_positions", target_decoder.embed_positions)
-        first = self.layers[0].self_attn
-        self.num_heads, self.head_dim = first.num_heads, first.head_dim
+        self._set_heads()
 
     def own_state(self) -> dict[str, Tensor]:
         """The weights a checkpoint must hold: everything trained, nothing of the target's."""
         return {k: v for k, v in self.state_dict().items()
                 if not (".encoder_attn.k_proj." in k or ".encoder_attn.v_proj." in k)}
-
-    def _heads(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     @torch.no_grad()
     def cross_keys_values(self, encoder_hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -97,30 +150,6 @@ class DistilledDecoder(nn.Module):
         if previous_hidden is None:
             raise ValueError("a feature-level draft needs the target's previous hidden states")
         return self.fc(torch.cat([previous_hidden.to(x.dtype), x], dim=-1))
-
-    def forward(self, tokens: Tensor, cross: Sequence[tuple[Tensor, Tensor]],
-                previous_hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Teacher-forced pass (training): tokens [B, T] -> (restricted logits [B, T, R], hidden [B, T, D]).
-
-        ``previous_hidden`` [B, T, D] (feature-level drafts): at t, the target's final hidden state at
-        t - 1 (zeros at t = 0). ``hidden`` is the draft's own layer-normed final state, its prediction of
-        the target's. The same arithmetic as ``CachedWhisperDecoder.forward_cached`` without a cache;
-        right padding is harmless because attention is causal.
-        """
-        b, t = tokens.shape
-        x = self.input_embeds(tokens, torch.arange(t, device=tokens.device).expand(b, -1), previous_hidden)
-        for layer, (k_enc, v_enc) in zip(self.layers, cross):
-            attn = layer.self_attn
-            h = layer.self_attn_layer_norm(x)
-            out = F.scaled_dot_product_attention(self._heads(attn.q_proj(h)), self._heads(attn.k_proj(h)),
-                                                 self._heads(attn.v_proj(h)), is_causal=True)
-            x = x + attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
-            h = layer.encoder_attn_layer_norm(x)
-            out = F.scaled_dot_product_attention(self._heads(layer.encoder_attn.q_proj(h)), k_enc, v_enc)
-            x = x + layer.encoder_attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
-        hidden = self.layer_norm(x)
-        return hidden @ self.output_weight.T, hidden
 
 
 def restricted_index(vocab_ids: Tensor, ids: Sequence[int]) -> Tensor:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from whisper_spec.distill.data import DistillExample, TargetRecord
 from whisper_spec.distill.draft import save_draft
-from whisper_spec.distill.model import DistilledDecoder, restricted_index, to_restricted
+from whisper_spec.distill.model import DistilledDecoder, DraftLayers, restricted_index, to_restricted
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.logit_rules import SuppressionRules
 
@@ -91,11 +91,14 @@ def build_vocabulary(examples: Sequence[DistillExample], tokenizer, vocab_size: 
 class _Batcher:
     """Pads examples into training batches; keeps each window's (frozen) cross-attention keys/values."""
 
-    def __init__(self, model: DistilledDecoder, rules: "_RestrictedRules", device: torch.device):
+    def __init__(self, model: DraftLayers, rules: "_RestrictedRules", device: torch.device):
         self.model, self.rules, self.device = model, rules, device
         self._cross: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     def cross(self, examples: Sequence[DistillExample]) -> list[tuple[Tensor, Tensor]]:
+        if self.model.trains_cross:  # they change with every step
+            hidden = torch.stack([e.encoder_hidden for e in examples]).to(self.device, self.model.output_weight.dtype)
+            return self.model.cross_keys_values(hidden)
         for example in examples:
             if id(example) not in self._cross:
                 hidden = example.encoder_hidden[None].to(self.device, self.model.output_weight.dtype)
@@ -204,7 +207,7 @@ def play_feature_rounds(model: DistilledDecoder, examples: Sequence[DistillExamp
 
 
 @torch.no_grad()
-def evaluate(model: DistilledDecoder, examples: Sequence[DistillExample], batcher: _Batcher, k: int,
+def evaluate(model: DraftLayers, examples: Sequence[DistillExample], batcher: _Batcher, k: int,
              rules_of=None, vocab_size: int = 0, eot: int = 0) -> HeldOutScore:
     """Held-out score; a feature-level draft needs ``rules_of`` (prompt lengths -> the target's full-vocabulary
     logit rules), ``vocab_size`` and ``eot`` to play its rounds."""
@@ -239,11 +242,14 @@ def _state_path(output: Path) -> Path:
 
 
 def train_draft(target, train: Sequence[DistillExample], held_out: Sequence[DistillExample], output: str | os.PathLike,
-                options: TrainOptions = TrainOptions(), resume: bool = True, progress: bool = True) -> TrainResult:
+                options: TrainOptions = TrainOptions(), resume: bool = True, progress: bool = True,
+                start: DraftLayers | None = None) -> TrainResult:
     """Distil a draft for ``target`` (a ``WhisperCheckpoint``) and save it to ``output``.
 
+    ``start``: the untrained draft to train (a ``DonorDecoder``, whose vocabulary must be
+    ``build_vocabulary`` of ``train``); default: the target's own layers ``options.init_layers``.
     Every ``eval_every`` steps the training state goes to ``<output>.train-state``; with ``resume`` a
-    run that finds a state for the same target, layers and vocabulary continues from it.
+    run that finds a state for the same target, draft and vocabulary continues from it.
     """
     if not train or not held_out:
         raise ValueError(f"need training and held-out windows, got {len(train)} and {len(held_out)}")
@@ -253,8 +259,12 @@ def train_draft(target, train: Sequence[DistillExample], held_out: Sequence[Dist
     record = TargetRecord.of(target)
     target_decoder = target.model.model.decoder
     vocab_ids = build_vocabulary(train, target.tokenizer, record.vocab_size, options.common_tokens)
-    model = DistilledDecoder(target_decoder, options.init_layers, vocab_ids, options.features).to(
-        device=device, dtype=torch.float32)
+    if start is None:
+        start = DistilledDecoder(target_decoder, options.init_layers, vocab_ids, options.features)
+    elif not torch.equal(start.vocab_ids.cpu(), vocab_ids):
+        raise ValueError("the starting draft's vocabulary is not build_vocabulary() of the training windows")
+    model = start.to(device=device, dtype=torch.float32)
+    donor = getattr(model, "donor_name", None)
     if target_decoder.embed_tokens.weight.device != device or target_decoder.embed_tokens.weight.dtype != torch.float32:
         raise ValueError("train with the target loaded on the training device in float32")
     teacher_rows = target_decoder.embed_tokens.weight.detach()[vocab_ids.to(device)].float()  # [R, D]
@@ -279,7 +289,8 @@ def train_draft(target, train: Sequence[DistillExample], held_out: Sequence[Dist
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=True)
         if (state["target"] == asdict(record) and state["init_layers"] == list(model.init_layers)
-                and state.get("features", False) == model.features and torch.equal(state["vocab_ids"].cpu(), vocab_ids)):
+                and state.get("features", False) == model.features and state.get("donor") == donor
+                and torch.equal(state["vocab_ids"].cpu(), vocab_ids)):
             model.load_state_dict(state["model"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
@@ -319,13 +330,13 @@ def train_draft(target, train: Sequence[DistillExample], held_out: Sequence[Dist
         if step % options.eval_every == 0 or step == options.steps:
             held_out_score = score()
             torch.save({"target": asdict(record), "init_layers": list(model.init_layers), "vocab_ids": vocab_ids,
-                        "features": model.features,
+                        "features": model.features, "donor": donor,
                         "model": model.own_state(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "step": step, "initial": asdict(initial)}, state_path)
         bar.set_postfix(loss=f"{loss.item():.3f}", held_out_acceptance=f"{held_out_score.acceptance_rate:.3f}",
                         accepted_len=f"{held_out_score.mean_accepted_length:.2f}")
     bar.close()
-    training = {"steps": step, "train_windows": len(train), "held_out_windows": len(held_out),
+    training = {"steps": step, "train_windows": len(train), "held_out_windows": len(held_out), "donor": donor,
                 "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
                 "initial": asdict(initial), "final": asdict(held_out_score)}
     path = save_draft(model, record, output, training)
