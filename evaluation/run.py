@@ -37,9 +37,10 @@ from whisper_spec.transcribe import load_pipeline, transcribe
 from whisper_spec.whisper.features import WINDOW_SECONDS
 
 ENGINES = ("ours", "transformers")
-# the offline pairs: the baseline, our three draft kinds, and both transformers peers
+# the offline pairs: the baseline, our draft kinds (the shipped distilled one first), and both transformers peers
 DEFAULT_CONFIGURATIONS = (
     "ours:base",
+    "ours:base+distilled",  # the shipped distilled draft (tiny.en's decoder re-wired to base's encoder)
     "ours:base+tiny.en",  # cross-tokenizer draft (English-only tiny.en, another vocabulary)
     "ours:base+layers:0,5",  # shared encoder: base's own first and last decoder layers
     "ours:base+base",  # same tokenizer: the one pair transformers' assisted generation supports here

@@ -20,13 +20,13 @@ def threads():
 
 
 def test_the_default_pipeline_prints_the_right_words_and_the_statistics():
-    # k fixed: the shared pipeline's adaptive length may have learned that tiny.en does not pay on this CPU
+    # k fixed: the shared pipeline's adaptive length may have learned that the draft does not pay on this CPU
     result = transcribe(EXAMPLE, language="en", adaptive_draft_length=False)
     words = result.text.lower()
     for word in ("dashwood", "leisure", "prudently", "power"):
         assert word in words
     stats = result.stats
-    assert result.language == "en" and result.target == "base" and result.draft == "tiny.en"
+    assert result.language == "en" and result.target == "base" and result.draft == "distilled"
     assert stats.tokens == len(result.tokens) + 1  # the end-of-text token is generated, not shown
     assert stats.drafted > 0 and 0 < stats.accepted <= stats.drafted
     assert stats.target_calls < stats.tokens  # speculation saved target forward passes

@@ -13,7 +13,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "base": Preset("base", "tiny.en", "offline default: multilingual base, drafted by English-only tiny.en through text"),
+    "base": Preset("base", "distilled", "offline default: multilingual base, drafted by its shipped distilled draft "
+                   "(tiny.en's decoder re-wired to base's encoder)"),
+    "base+tiny.en": Preset("base", "tiny.en", "offline: base drafted by English-only tiny.en through text"),
     "base+layers": Preset("base", "layers:0,5", "offline: base drafted by its own first and last decoder layers"),
     "tiny.en": Preset("tiny.en", None, "offline: English-only tiny.en alone"),
     "large-v3": Preset("openai/whisper-large-v3", "distil-whisper/distil-large-v3", "production: large-v3 with distil-large-v3 (shared encoder)"),
