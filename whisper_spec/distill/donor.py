@@ -11,8 +11,8 @@ so most tokens map one to one; the rest start at the mean of their pieces). Toke
 restricted rows read one learned ``unknown`` row. Training (``distill.train``) then fits everything,
 the cross-attention projections included, to the target's labels.
 
-On base, tiny.en's four layers agree with base's greedy token at 62% of held-out positions before any
-training (the target-layer draft: 3%).
+On base, tiny.en's four layers agree with base's greedy token at 64% of held-out positions before any
+training (base's own layer 0 with a restricted output: 3%) and at 85% after 1,000 steps on 80k labels.
 """
 
 from __future__ import annotations
