@@ -436,3 +436,19 @@ def test_shipped_base_draft_is_token_identical_and_mostly_accepted_on_held_out_s
         assert [w.tokens for w in drafted] == [w.tokens for w in plain]
         accepted, drafted_tokens = sum(w.stats.accepted for w in drafted), sum(w.stats.drafted for w in drafted)
         assert accepted / drafted_tokens > 0.4, (timestamps, accepted, drafted_tokens)
+
+
+def test_distilled_drafts_stop_their_own_rounds_unless_told_otherwise(base):
+    """``draft_confidence=None`` takes the draft's own (0.3 for distilled drafts); 0 drafts every position."""
+    engine = SpeculativeWhisper(base).with_draft(DistilledDraft.load(find_draft_file("distilled", "base"), base))
+    audio = [_librivox_clip(f"sense_and_sensibility_01_austen_64kb-{n}") for n in ("0870", "0880", "0890")]
+    fixed = WindowOptions(language="en", draft_length=6, adaptive_draft_length=False)
+    own = engine.decode_windows(audio, fixed)
+    every = engine.decode_windows(audio, replace(fixed, draft_confidence=0.0))
+    assert [w.tokens for w in own] == [w.tokens for w in every]
+
+    def per_round(windows):
+        return sum(w.stats.drafted for w in windows) / sum(w.stats.target_calls for w in windows)
+
+    # each round of ``every`` drafts 6 (fewer only at the end of text); ``own`` stops where it is unsure
+    assert per_round(own) < 0.9 * per_round(every), (per_round(own), per_round(every))

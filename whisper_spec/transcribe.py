@@ -29,8 +29,9 @@ class TranscribeOptions:
     task: str = "transcribe"  # "transcribe", or "translate" into English (multilingual targets)
     draft_length: int = 6  # the most draft tokens per round
     adaptive_draft_length: bool = True  # shrink/grow k from measured acceptance and costs
-    # a draft ends its round once the probability it gives its whole proposal falls below this (0: never)
-    draft_confidence: float = 0.0
+    # a draft ends its round once the probability it gives its whole proposal falls below this (0: never;
+    # None: the draft's own choice, 0.3 for distilled drafts, 0 for others)
+    draft_confidence: float | None = None
     temperature: float = 0.0  # 0: greedy, token-identical to the target; > 0: sampling, same distribution
     seed: int | None = None  # random seed for temperature > 0
     timestamps: bool | None = None  # segment timestamps; None: only for audio longer than one 30-s window

@@ -81,10 +81,10 @@ def add_parser(subparsers) -> None:
                         help="float16/bfloat16 only: greedy choices whose top two logits are closer than this are "
                              "decided by a float32 rescoring, keeping speculative output equal to greedy output "
                              "in the same precision (default: 0.25 for float16, 1.0 for bfloat16; 0 turns it off)")
-    parser.add_argument("--draft-confidence", type=float, default=0.0,
+    parser.add_argument("--draft-confidence", type=float, default=None,
                         help="a draft ends its round once the probability it gives its whole proposal (the "
                              "product of its token probabilities) falls below this; --draft-length is then a "
-                             "cap (default 0: never)")
+                             "cap (default: the draft's own choice, 0.3 for distilled drafts, else 0: never)")
     parser.add_argument("--fixed-draft-length", action="store_true",
                         help="draft every round: exactly --draft-length tokens, or up to it with "
                              "--draft-confidence (default: adapt k to measured acceptance and costs, down to "

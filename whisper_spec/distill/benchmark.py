@@ -33,7 +33,7 @@ class ModeResult:
 
 def run(target: str, drafts: list[str | None], clips: list[Path], repeats: int,
         fixed_draft_length: int | None = None, draft_length: int | None = None,
-        draft_confidence: float = 0.0) -> list[ModeResult]:
+        draft_confidence: float | None = None) -> list[ModeResult]:
     """``fixed_draft_length``: draft exactly that many tokens per round (None: the adaptive length, up to
     ``draft_length``); ``draft_confidence``: drafts end a round below this probability of their proposal."""
     audio = [load_audio(c) for c in clips]
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                              "draft that does not pay off, so its acceptance is then not measured)")
     parser.add_argument("--draft-length", type=int, default=None, metavar="K",
                         help="the largest k of the adaptive length (default: transcribe()'s)")
-    parser.add_argument("--draft-confidence", type=float, default=0.0,
+    parser.add_argument("--draft-confidence", type=float, default=None,
                         help="drafts end a round once the probability they give their proposal falls below "
-                             "this (default 0: never)")
+                             "this (default: each draft's own choice, as transcribe() does)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clips = args.audio or sorted(LIBRIVOX.glob("*.wav"))
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                   args.draft_length, args.draft_confidence)
     baseline = results[0].wall_seconds
     length = "adaptive" if args.fixed_draft_length is None else f"fixed {args.fixed_draft_length}"
-    if args.draft_confidence:
+    if args.draft_confidence is not None:
         length += f", ending rounds below confidence {args.draft_confidence}"
     print(f"target {args.target}, {len(clips)} clips, median of {args.repeats} interleaved rounds, "
           f"{torch.get_num_threads()} threads, draft length {length}")

@@ -53,6 +53,7 @@ class WindowBatch:
 
 class WhisperDraft(Protocol):
     kind: str  # "shared-encoder", "separate-encoder" or "cross-tokenizer"
+    # optional ``draft_confidence: float``: the draft's own default for ``WindowOptions.draft_confidence``
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         """A drafter for these windows, and the seconds spent on the draft's own encoder."""

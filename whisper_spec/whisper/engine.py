@@ -33,7 +33,9 @@ class WindowOptions:
     task: str = "transcribe"  # or "translate" (multilingual targets)
     draft_length: int = 6  # largest k per round
     adaptive_draft_length: bool = True  # choose k from measured acceptance and costs
-    draft_confidence: float = 0.0  # a draft ends its round below this probability of its proposal (0: never)
+    # a draft ends its round below this probability of its proposal (0: never; None: the draft's own
+    # ``draft_confidence``, 0 for drafts that name none)
+    draft_confidence: float | None = None
     temperature: float = 0.0  # 0: greedy, token-identical to the target alone
     seed: int | None = None  # for temperature > 0
     max_new_tokens: int | None = None  # default: up to the decoder's 448 positions
@@ -144,9 +146,11 @@ class SpeculativeWhisper:
             near_ties = NearTieRule(margin, self._exact["decoder"].rescorer(hidden))
         verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules, near_ties)
         no_speech = self._no_speech_probs(verifier, prompts)
+        confidence = options.draft_confidence
+        if confidence is None:
+            confidence = getattr(self.draft, "draft_confidence", 0.0)
         controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
-                                            options.adaptive_draft_length, options.temperature > 0,
-                                            options.draft_confidence > 0)
+                                            options.adaptive_draft_length, options.temperature > 0, confidence > 0)
         drafter, draft_encoder_seconds = None, 0.0
         # a draft that measured slower than plain steps is not even started (its encoder is not free)
         if self.draft is not None and controller.wants_draft():
@@ -157,7 +161,7 @@ class SpeculativeWhisper:
         decode_options = DecodeOptions(
             max_new_tokens=min(options.max_new_tokens or budget, budget),
             draft_length=options.draft_length if drafter is not None else 0,
-            adaptive_draft_length=options.adaptive_draft_length, draft_confidence=options.draft_confidence,
+            adaptive_draft_length=options.adaptive_draft_length, draft_confidence=confidence,
             temperature=options.temperature, seed=options.seed)
         result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options,
                                     device=self.device, controller=controller,
