@@ -15,7 +15,14 @@ probability, as transformers' assisted generation does with 0.4; the product als
 merely likely tokens, measured better here). k is then a cap, and the geometric model above no longer
 describes a round (the draft drafts long where it is sure, short where it is not). A *gated*
 controller therefore only chooses between drafting up to the cap and plain steps, by comparing the
-measured rates: tokens committed per second of drafting rounds against plain steps.
+measured rates: tokens committed per second over the last drafting rounds against the median of the
+last plain steps (while drafting it takes one plain step every ``gated_window`` rounds to keep that
+price current: measured only at the start, it was three times too high after kernel set-up). A round's time counts at most ``outlier_factor`` times the median round's: one round that a
+busy machine stalled (seen: a 0.6-s round among 40-ms ones) once switched a good draft off, and
+while a draft is off only its rare probes can bring the estimate back. For the same reason a gated
+draft is judged only after ``gated_burn_in`` rounds: the first rounds of a process also pay for
+one-off kernel set-up of each new verify width, and the first tokens of a transcript are the draft's
+least sure; five such rounds switched a draft off that then ran 1.2x when forced on.
 
 k = 0 is plain greedy decoding; a collapsed acceptance therefore costs nearly nothing. While at k = 0
 the rule still probes k = 1 now and then, so that it notices when the draft becomes useful again; each
@@ -26,6 +33,8 @@ window or prompt taught is not relearned, at a loss, by the next.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +68,11 @@ class DraftLengthController:
     probe_every: int = 8  # rounds at k = 0 before the first probe with k = 1
     max_probe_interval: int = 512  # the wait doubles after each failed probe, up to this many rounds
     smoothing: float = 0.3  # weight of the newest round in the running averages
-    gated_smoothing: float = 0.1  # the same for a gated draft's rounds, whose yield varies far more
+    gated_window: int = 32  # a gated draft's rate is measured over its last this many drafting rounds ...
+    outlier_factor: float = 3.0  # ... each counted at most this many times the median round's time ...
+    gated_burn_in: int = 16  # ... and it drafts at least this many rounds before it can be switched off;
+    step_window: int = 9  # the plain-step price is the median of the last this many plain steps, of which a
+    # drafting gated controller takes one every ``gated_window`` rounds so that the price stays current
     margin: float = 0.03  # drafting must promise this much more speed than plain steps: timings are noisy
     alpha: float = 0.8  # running per-token acceptance rate; optimistic start so that drafting is tried
     _t_draft: float | None = field(default=None, repr=False)  # seconds per drafted position
@@ -67,9 +80,10 @@ class DraftLengthController:
     _t_step: float | None = field(default=None, repr=False)  # seconds per one-token target step
     _t_setup: float = field(default=0.0, repr=False)  # seconds a draft costs before its first round
     _rounds_per_setup: float | None = field(default=None, repr=False)  # rounds of a decode that set a draft up
-    _tokens_per_round: float | None = field(default=None, repr=False)  # gated: tokens committed per drafting round
-    _t_round: float | None = field(default=None, repr=False)  # gated: seconds per drafting round
-    _gated_rounds: int = field(default=0, repr=False)  # gated: drafting rounds priced so far
+    # gated: (tokens committed, seconds) of the last drafting rounds, and the last plain steps' seconds
+    _rounds: deque = field(default_factory=deque, repr=False)
+    _steps: deque = field(default_factory=deque, repr=False)
+    _since_step: int = field(default=0, repr=False)  # gated: drafting rounds since the last plain step
     _rounds_at_zero: int = field(default=0, repr=False)
     _probe_interval: int = field(default=0, repr=False)
     _probing: bool = field(default=False, repr=False)
@@ -78,6 +92,8 @@ class DraftLengthController:
         if self.max_draft < 0:
             raise ValueError(f"max_draft must be >= 0, got {self.max_draft}")
         self._probe_interval = self.probe_every
+        self._rounds = deque(maxlen=self.gated_window)
+        self._steps = deque(maxlen=self.step_window)
 
     def could_pay(self) -> bool:
         """Whether drafting would beat plain steps even if every draft token were right (always True
@@ -98,11 +114,13 @@ class DraftLengthController:
     def best_k(self) -> int | None:
         """The draft length with the highest expected tokens per second; None until costs are measured."""
         if self.gated:
-            if self._t_step is None or self._t_round is None:
+            if not self._steps or len(self._rounds) < self.gated_burn_in:
                 return None
             setup = self._t_setup / self._rounds_per_setup if self._rounds_per_setup else 0.0
-            rate = self._tokens_per_round / (self._t_round + setup)
-            return self.max_draft if rate > (1.0 + self.margin) / self._t_step else 0
+            cap = self.outlier_factor * statistics.median(t for _, t in self._rounds)
+            seconds = sum(min(t, cap) + setup for _, t in self._rounds)
+            rate = sum(n for n, _ in self._rounds) / seconds
+            return self.max_draft if rate > (1.0 + self.margin) / statistics.median(self._steps) else 0
         if self._t_step is None or self._t_draft is None or self._t_verify is None:
             return None
         best_k, best_rate = 0, 1.0 / self._t_step
@@ -136,6 +154,8 @@ class DraftLengthController:
         if self._t_step is None:
             return 0  # time one plain step first: it is the cost every draft length must beat
         best = self.best_k()
+        if self.gated and best != 0 and self._since_step >= self.gated_window:
+            return 0  # a plain step now and then: the first ones of a process are slow, and machines change
         if best is None:
             return self.max_draft  # then draft fully once to learn the costs of drafting
         if best > 0:
@@ -170,17 +190,15 @@ class DraftLengthController:
         if k == 0:
             if not verify_prefilled:
                 self._t_step = _ema(self._t_step, verify_seconds, self.smoothing)
+                self._steps.append(verify_seconds)
+                self._since_step = 0
             return
+        self._since_step += 1
         trials = accepted + rejections
         if trials:
             self.alpha = _ema(self.alpha, min(accepted / trials, 0.999), self.smoothing)
         if self.gated and not (verify_prefilled or draft_prefilled):
-            # a plain mean over the first rounds, the running average after: started at its first round,
-            # a slow average let one unlucky round switch a good draft off for hundreds of rounds
-            self._gated_rounds += 1
-            weight = max(self.gated_smoothing, 1.0 / self._gated_rounds)
-            self._tokens_per_round = _ema(self._tokens_per_round, accepted + rows, weight)
-            self._t_round = _ema(self._t_round, draft_seconds + verify_seconds, weight)
+            self._rounds.append((accepted + rows, draft_seconds + verify_seconds))
         if not (draft_caught_up or draft_prefilled):
             self._t_draft = _ema(self._t_draft, draft_seconds / k, self.smoothing)
         if not verify_prefilled:
