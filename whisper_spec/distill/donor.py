@@ -3,16 +3,19 @@
 A smaller Whisper (tiny.en for base) already decodes speech: its decoder agrees with base on most
 tokens, but it needs its own encoder run, and its 51,864-row output layer is most of the bytes a step
 reads. This draft keeps the donor's decoder layers and drops both costs: it reads the target's encoder
-outputs through a learned linear map into the donor's width (started at the least-squares fit of the
-donor's encoder outputs from the target's on the same audio), and its token embedding holds only the
+outputs through an adapter into the donor's width (``EncoderAdapter``, fitted once by regression onto
+the donor's own encoder outputs for the same audio, then fixed), and its token embedding holds only the
 restricted rows (tied to the output layer, as Whisper ties them; see ``distill.model``), each started
 from the donor's embedding of the same byte string (the two tokenizers share the byte-level alphabet,
 so most tokens map one to one; the rest start at the mean of their pieces). Tokens outside the
-restricted rows read one learned ``unknown`` row. Training (``distill.train``) then fits everything,
-the cross-attention projections included, to the target's labels.
+restricted rows read one learned ``unknown`` row. Training (``distill.train``) then fits the decoder
+layers, the cross-attention projections included, to the target's labels.
 
-On base, tiny.en's four layers agree with base's greedy token at 64% of held-out positions before any
-training (base's own layer 0 with a restricted output: 3%) and at 85% after 1,000 steps on 80k labels.
+The adapter decides how much of the donor survives. On base, with tiny.en's four layers untrained, 9
+held-out windows: tiny.en's own encoder outputs give 86.4% agreement with base's greedy tokens; the
+least-squares linear map from base's (R^2 0.65 of tiny.en's outputs) 65%; the linear map plus a
+per-frame MLP of width 2048 (R^2 0.83) 83.8%, more than the linear start reached after 1,000 training
+steps. The MLP costs 22 ms per 30-s window on a 2-core CPU, once per window.
 """
 
 from __future__ import annotations
@@ -50,14 +53,43 @@ class RestrictedEmbedding(nn.Module):
         return nn.functional.embedding(self.row_of[tokens], self.weight)
 
 
+class EncoderAdapter(nn.Module):
+    """The target's encoder outputs -> the donor's: a linear map plus a residual per-frame MLP.
+
+    A frame of the donor's encoder output depends on the whole window through its attention, so no
+    per-frame map is exact; the MLP recovers much of what a linear one misses (see the module notes).
+    ``hidden`` 0 is the linear map alone.
+    """
+
+    def __init__(self, target_dim: int, dim: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.linear = nn.Linear(target_dim, dim)
+        if hidden:
+            self.up = nn.Linear(target_dim, hidden)
+            self.down = nn.Linear(hidden, dim)
+
+    @property
+    def weight(self) -> Tensor:
+        """Where and in what precision the adapter runs (the linear map's weight)."""
+        return self.linear.weight
+
+    def forward(self, encoder_hidden: Tensor) -> Tensor:
+        """[..., D_target] -> [..., d]"""
+        mapped = self.linear(encoder_hidden)
+        if self.hidden:
+            mapped = mapped + self.down(nn.functional.gelu(self.up(encoder_hidden)))
+        return mapped
+
+
 class DonorDecoder(DraftLayers):
     """Layers of a donor Whisper's decoder over the target's encoder outputs; every weight is the draft's own."""
 
     features = False
-    trains_cross = True  # the cross-attention keys/values depend on trained weights: never cache them in training
+    trains_cross = True  # the cross-attention projections are trained (their input, the adapter's output, is not)
 
     def __init__(self, donor_config, init_layers: Sequence[int], vocab_ids: Tensor, target_dim: int,
-                 target_vocab_size: int, donor_name: str = ""):
+                 target_vocab_size: int, donor_name: str = "", adapter_hidden: int = 0):
         """An untrained-shape draft (weights zero or default); see ``from_donor`` for the real start.
 
         Args:
@@ -67,6 +99,7 @@ class DonorDecoder(DraftLayers):
             target_dim: the target's encoder width (512 for base).
             target_vocab_size: the target's vocabulary size.
             donor_name: what the donor was loaded as (kept in checkpoints).
+            adapter_hidden: the width of the encoder adapter's MLP (0: a linear map).
         """
         super().__init__()
         config = donor_config if isinstance(donor_config, WhisperConfig) else WhisperConfig(**donor_config)
@@ -75,7 +108,7 @@ class DonorDecoder(DraftLayers):
         count = config.decoder_layers
         self.init_layers = tuple(i % count for i in init_layers)
         dim = config.d_model
-        self.encoder_map = nn.Linear(target_dim, dim)  # target encoder width -> donor width
+        self.encoder_map = EncoderAdapter(target_dim, dim, adapter_hidden).requires_grad_(False)
         self.layers = nn.ModuleList([WhisperDecoderLayer(config, layer_idx=i) for i in range(len(self.init_layers))])
         self.layer_norm = nn.LayerNorm(dim)
         self.embed_positions = WhisperPositionalEmbedding(config.max_target_positions, dim)
@@ -89,20 +122,20 @@ class DonorDecoder(DraftLayers):
         return self.embed_tokens.weight[:-1]
 
     @classmethod
-    def from_donor(cls, donor, init_layers: Sequence[int], vocab_ids: Tensor, target, encoder_map: nn.Linear,
+    def from_donor(cls, donor, init_layers: Sequence[int], vocab_ids: Tensor, target, encoder_map: EncoderAdapter,
                    donor_name: str = "") -> "DonorDecoder":
         """The starting point of training: the donor's layers, its embeddings mapped to target ids.
 
         Args:
             donor: the donor ``WhisperCheckpoint`` (tiny.en for base).
             target: the target ``WhisperCheckpoint``.
-            encoder_map: the starting map of the target's encoder outputs into the donor's width
-                (``fit_encoder_map``).
+            encoder_map: the adapter from the target's encoder outputs to the donor's (``fit_encoder_map``);
+                it stays fixed in training.
         """
         source = donor.model.model.decoder
         target_embedding = target.model.model.decoder.embed_tokens.weight
         model = cls(donor.model.config, init_layers, vocab_ids.cpu(), target_embedding.shape[1],
-                    target_embedding.shape[0], donor_name or donor.name)
+                    target_embedding.shape[0], donor_name or donor.name, encoder_map.hidden)
         with torch.no_grad():
             for mine, index in zip(model.layers, model.init_layers):
                 mine.load_state_dict(source.layers[index].state_dict())
@@ -124,7 +157,10 @@ class DonorDecoder(DraftLayers):
 
     def cross_keys_values(self, encoder_hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
         """[B, S, D_target] -> per layer ([B, H, S, Dh] keys, values); differentiable (trained here)."""
-        mapped = self.encoder_input(encoder_hidden)
+        return self.cross_from_input(self.encoder_input(encoder_hidden))
+
+    def cross_from_input(self, mapped: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """[B, S, d] the adapter's output -> per layer ([B, H, S, Dh] keys, values)."""
         return [(self._heads(layer.encoder_attn.k_proj(mapped)), self._heads(layer.encoder_attn.v_proj(mapped)))
                 for layer in self.layers]
 
@@ -154,29 +190,44 @@ def donor_token_rows(donor, target_tokenizer, ids: Sequence[int]) -> Tensor:
     return rows
 
 
-@torch.inference_mode()
-def fit_encoder_map(target, donor, windows: Sequence[np.ndarray]) -> nn.Linear:
-    """The least-squares linear map from the target's encoder outputs to the donor's, on ``windows``.
+def fit_encoder_map(target, donor, windows: Sequence[np.ndarray], hidden: int = 2048, epochs: int = 8,
+                    seed: int = 0) -> EncoderAdapter:
+    """The adapter from the target's encoder outputs to the donor's, fitted on ``windows``.
+
+    The linear map is the least-squares fit; the MLP (``hidden`` > 0) then fits what it leaves, with
+    the linear map, by AdamW on mean squared error over the windows' frames, ``epochs`` passes.
 
     Args:
-        windows: 16 kHz audio windows (a few dozen 28-s windows give 1500 frame pairs each).
+        windows: 16 kHz audio windows (each 28-s window gives 1500 frame pairs; 96 windows fit well).
     Returns:
-        ``nn.Linear(D_target, d_donor)`` in float32 on the CPU.
+        ``EncoderAdapter(D_target, d_donor, hidden)`` in float32 on the CPU.
     """
     if not windows:
         raise ValueError("fitting the encoder map needs at least one audio window")
     inputs, outputs = [], []
-    for audio in windows:
-        target_hidden, _ = encode_audio(target, [audio])
-        donor_hidden, _ = encode_audio(donor, [audio])
-        inputs.append(target_hidden[0].float().cpu())
-        outputs.append(donor_hidden[0].float().cpu())
-    x = torch.cat(inputs)
-    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)  # [N, D+1]: the last column fits the bias
-    solution = torch.linalg.lstsq(x, torch.cat(outputs)).solution  # [D+1, d]
-    linear = nn.Linear(x.shape[1] - 1, solution.shape[1])
+    with torch.inference_mode():
+        for audio in windows:
+            target_hidden, _ = encode_audio(target, [audio])
+            donor_hidden, _ = encode_audio(donor, [audio])
+            inputs.append(target_hidden[0].float().cpu())
+            outputs.append(donor_hidden[0].float().cpu())
+    x, y = torch.cat(inputs), torch.cat(outputs)
+    ones = torch.ones(len(x), 1)
+    solution = torch.linalg.lstsq(torch.cat([x, ones], dim=1), y).solution  # [D+1, d]: the last row is the bias
+    adapter = EncoderAdapter(x.shape[1], y.shape[1], hidden)
     with torch.no_grad():
-        linear.weight.copy_(solution[:-1].T)
-        linear.bias.copy_(solution[-1])
-    return linear
-
+        adapter.linear.weight.copy_(solution[:-1].T)
+        adapter.linear.bias.copy_(solution[-1])
+        if hidden:  # the MLP starts at zero: the adapter starts as the linear fit
+            adapter.down.weight.zero_()
+            adapter.down.bias.zero_()
+    if hidden:
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-3, weight_decay=0.0)
+        for _ in range(epochs):
+            for batch in torch.randperm(len(x), generator=generator).split(1024):
+                loss = nn.functional.mse_loss(adapter(x[batch]), y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return adapter.requires_grad_(False).eval()

@@ -45,7 +45,7 @@ class DraftLayers(nn.Module):
     """
 
     features = False  # reads the target's previous hidden state (feature-level draft)
-    trains_cross = False  # cross-attention keys/values depend on trained weights (never cache them in training)
+    trains_cross = False  # the cross-attention projections are trained (only their input, ``encoder_input``, is fixed)
 
     def _set_heads(self) -> None:
         first = self.layers[0].self_attn
@@ -63,6 +63,10 @@ class DraftLayers(nn.Module):
         raise NotImplementedError
 
     def cross_keys_values(self, encoder_hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def cross_from_input(self, mapped: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """[B, S, d] ``encoder_input``'s output -> per layer ([B, H, S, Dh] keys, values) (drafts that train them)."""
         raise NotImplementedError
 
     def forward(self, tokens: Tensor, cross: Sequence[tuple[Tensor, Tensor]],

@@ -89,16 +89,27 @@ def build_vocabulary(examples: Sequence[DistillExample], tokenizer, vocab_size: 
 
 
 class _Batcher:
-    """Pads examples into training batches; keeps each window's (frozen) cross-attention keys/values."""
+    """Pads examples into training batches; keeps what of each window's cross-attention input is fixed.
+
+    A draft whose cross-attention projections are frozen (``trains_cross`` False) gets each window's keys
+    and values computed once; one that trains them gets its fixed ``encoder_input`` computed once (kept
+    in float16, by window: a window labelled in both modes is one entry).
+    """
 
     def __init__(self, model: DraftLayers, rules: "_RestrictedRules", device: torch.device):
         self.model, self.rules, self.device = model, rules, device
         self._cross: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        self._inputs: dict[str, Tensor] = {}
 
     def cross(self, examples: Sequence[DistillExample]) -> list[tuple[Tensor, Tensor]]:
-        if self.model.trains_cross:  # they change with every step
-            hidden = torch.stack([e.encoder_hidden for e in examples]).to(self.device, self.model.output_weight.dtype)
-            return self.model.cross_keys_values(hidden)
+        dtype = self.model.output_weight.dtype
+        if self.model.trains_cross:  # the projections change with every step, their input does not
+            for e in examples:
+                if e.id not in self._inputs:
+                    with torch.no_grad():
+                        hidden = e.encoder_hidden[None].to(self.device, dtype)
+                        self._inputs[e.id] = self.model.encoder_input(hidden)[0].to(torch.float16)
+            return self.model.cross_from_input(torch.stack([self._inputs[e.id] for e in examples]).to(dtype))
         for example in examples:
             if id(example) not in self._cross:
                 hidden = example.encoder_hidden[None].to(self.device, self.model.output_weight.dtype)
