@@ -262,3 +262,15 @@ def test_a_draft_that_loses_even_when_always_right_is_not_probed():
     ks = run_rounds(controller, alpha_hit=100, rounds=200, t_draft=1.0, t_verify=1.3, t_step=1.0)
     assert not controller.could_pay()
     assert ks[-150:] == [0] * 150 and not controller.wants_draft()
+
+
+def test_controller_memory_learns_each_context_apart():
+    from whisper_spec.core.draft_length import ControllerMemory
+
+    memory = ControllerMemory()
+    text = memory.get(6, True, False, True, context="text")
+    run_gated_rounds(text, tokens_per_round=1, rounds=60)  # a draft that loses in one mode ...
+    assert memory.get(6, True, False, True, context="text") is text and text.best_k() == 0
+    # ... is still tried in the other
+    assert memory.get(6, True, False, True, context="timestamps").next_k() == 0  # (times a plain step first)
+    assert memory.get(6, True, False, True, context="timestamps").best_k() is None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Hashable
 
 import torch
 from torch import Tensor
@@ -231,11 +232,13 @@ class ControllerMemory:
     """One controller per decoding setting, kept by an engine across decodes (a pair's costs persist)."""
 
     def __init__(self) -> None:
-        self._controllers: dict[tuple[int, bool, bool, bool], DraftLengthController] = {}
+        self._controllers: dict[tuple, DraftLengthController] = {}
 
-    def get(self, max_draft: int, adaptive: bool, sampling: bool, gated: bool = False) -> DraftLengthController:
-        """The controller for this k bound and mode; sampling accepts at other rates, so it learns apart."""
-        key = (max_draft, adaptive, sampling, gated)
+    def get(self, max_draft: int, adaptive: bool, sampling: bool, gated: bool = False,
+            context: Hashable = None) -> DraftLengthController:
+        """The controller for this k bound and mode; sampling accepts at other rates, so it learns apart, and
+        so does each ``context`` an adapter names (Whisper: windows decoded with or without timestamps)."""
+        key = (max_draft, adaptive, sampling, gated, context)
         if key not in self._controllers:
             self._controllers[key] = DraftLengthController(max_draft, adaptive=adaptive, gated=gated)
         return self._controllers[key]

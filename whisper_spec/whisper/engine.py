@@ -149,8 +149,14 @@ class SpeculativeWhisper:
         confidence = options.draft_confidence
         if confidence is None:
             confidence = getattr(self.draft, "draft_confidence", 0.0)
+        # A self-stopping draft is only switched on or off, from its measured round rate, and it agrees less
+        # in the timestamp mode (long-form windows): one bad long-form window had switched it off for the
+        # short ones too (7 held-out files: 1.05x shared, 1.15x apart). Other drafts share one controller:
+        # apart, tiny.en ran its own encoder to relearn each mode (0.93x against 1.02x).
+        gated = confidence > 0
         controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
-                                            options.adaptive_draft_length, options.temperature > 0, confidence > 0)
+                                            options.adaptive_draft_length, options.temperature > 0, gated,
+                                            context=("timestamps" if options.timestamps else "text") if gated else None)
         drafter, draft_encoder_seconds = None, 0.0
         # a draft that measured slower than plain steps is not even started (its encoder is not free)
         if self.draft is not None and controller.wants_draft():
