@@ -17,8 +17,9 @@ describes a round (the draft drafts long where it is sure, short where it is not
 controller therefore only chooses between drafting up to the cap and plain steps, by comparing the
 measured rates: tokens committed per second over the last drafting rounds against the median of the
 last plain steps (while drafting it takes one plain step every ``gated_window`` rounds to keep that
-price current: measured only at the start, it was three times too high after kernel set-up). A round's time counts at most ``outlier_factor`` times the median round's: one round that a
-busy machine stalled (seen: a 0.6-s round among 40-ms ones) once switched a good draft off, and
+price current: measured only at the start, it was three times too high after kernel set-up). A
+round's time counts at most ``outlier_factor`` times the median round's: one round that a busy
+machine stalled (seen: a 0.6-s round among 40-ms ones) once switched a good draft off, and
 while a draft is off only its rare probes can bring the estimate back. For the same reason a gated
 draft is judged only after ``gated_burn_in`` rounds: the first rounds of a process also pay for
 one-off kernel set-up of each new verify width, and the first tokens of a transcript are the draft's

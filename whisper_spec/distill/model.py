@@ -45,7 +45,7 @@ class DraftLayers(nn.Module):
     """
 
     features = False  # reads the target's previous hidden state (feature-level draft)
-    trains_cross = False  # the cross-attention projections are trained (only their input, ``encoder_input``, is fixed)
+    trains_cross = False  # True: the cross-attention projections train (their input, ``encoder_input``, stays fixed)
 
     def _set_heads(self) -> None:
         first = self.layers[0].self_attn
