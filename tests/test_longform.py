@@ -68,6 +68,18 @@ def test_a_verify_pass_applies_exactly_what_plain_steps_would():
             assert torch.equal(together[:, j], alone[:, 0]), (trial, j)
 
 
+def test_each_row_of_a_padded_batch_gets_the_rules_it_would_get_alone():
+    rules = toy_rules()
+    generator = torch.Generator().manual_seed(1)
+    committed = [[90, 91, TS0 + 1, 5], [90, 91], [90, 91, TS0 + 2, 6, TS0 + 3]]
+    drafts = [[TS0 + 4, TS0 + 4, 7], [], [TS0 + 3, 8, 9, TS0 + 5, EOT]]
+    logits = torch.randn(3, 6, VOCAB, generator=generator) * 3
+    together = rules(torch.tensor([0, 1, 2]), committed, drafts, logits)
+    for i in range(3):
+        alone = rules(torch.tensor([i]), committed[i: i + 1], drafts[i: i + 1], logits[i: i + 1, : len(drafts[i]) + 1])
+        assert torch.equal(together[i, : len(drafts[i]) + 1], alone[0]), i
+
+
 class _StubEngine:
     timestamp_begin = TS0
     eot_token_id = EOT
@@ -160,6 +172,9 @@ def test_two_minutes_of_speech_give_the_same_segments_with_and_without_speculati
     assert speculative.segments == baseline.segments
     assert tuple(streamed) == speculative.segments
     assert speculative.stats.accepted > 0 and baseline.stats.drafted == 0
+    # the shipped distilled draft reads windows without their previous-text prompts (it was trained so)
+    distilled = transcribe(two_minutes.audio, "base", draft="distilled", language="en", adaptive_draft_length=False)
+    assert distilled.segments == baseline.segments and distilled.stats.accepted > 0
     # real timestamps: increasing, inside the audio, several windows' worth
     starts = [s.start for s in baseline.segments]
     assert starts == sorted(starts) and len(baseline.segments) >= 8
