@@ -206,6 +206,18 @@ def test_a_gated_draft_whose_yield_drops_is_switched_off():
     assert ks[-30:].count(0) >= 25, ks
 
 
+def test_a_gated_draft_switched_off_by_a_bad_stretch_comes_back_at_its_first_good_probe():
+    """Once off, a gated draft is judged on its next probe alone: the bad rounds that switched it off
+    describe text that has passed, and probes spaced ever wider apart could not outvote 32 of them."""
+    controller = DraftLengthController(max_draft=20, gated=True, probe_every=8)
+    run_gated_rounds(controller, tokens_per_round=3, rounds=40)
+    ks = run_gated_rounds(controller, tokens_per_round=1, rounds=80)  # the draft misses for a while
+    assert ks[-30:].count(0) >= 25, ks
+    ks = run_gated_rounds(controller, tokens_per_round=4, rounds=150)  # and then agrees again
+    first_probe = ks.index(20)
+    assert ks[first_probe:].count(20) >= len(ks[first_probe:]) - 5, ks  # on from then (a plain step per 32)
+
+
 def test_a_gated_draft_is_not_judged_on_its_first_rounds():
     controller = DraftLengthController(max_draft=20, gated=True, probe_every=8, gated_burn_in=16)
     ks = run_gated_rounds(controller, tokens_per_round=1, rounds=12)  # losing rounds, but only a few

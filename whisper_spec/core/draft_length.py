@@ -208,7 +208,16 @@ class DraftLengthController:
         if self._probing:
             self._probing = False
             self._rounds_at_zero = 0
-            if self.best_k() == 0:
+            seconds = draft_seconds + verify_seconds
+            if (self.gated and self._steps and not (verify_prefilled or draft_prefilled)
+                    and (accepted + rows) / seconds > (1.0 + self.margin) / statistics.median(self._steps)):
+                # A probe that beats plain steps starts the judgement afresh: the rounds that switched the
+                # draft off describe text that has passed (a long-form window whose last segments the
+                # draft missed kept it off for the next windows, whose probes then could not outvote them).
+                self._rounds.clear()
+                self._rounds.append((accepted + rows, seconds))
+                self._probe_interval = self.probe_every
+            elif self.best_k() == 0:
                 self._probe_interval = min(2 * self._probe_interval, self.max_probe_interval)
 
     def count_undrafted_round(self) -> None:
