@@ -7,7 +7,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
-from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier
+from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier, PrefixHidingDrafter
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 
 from conftest import HashModel, OracleDrafter
@@ -62,6 +62,29 @@ def test_a_random_model_drafter_never_changes_the_greedy_output(seed, adaptive):
         PROMPTS, [STOP], DecodeOptions(max_new_tokens=40, draft_length=5, adaptive_draft_length=adaptive))
     assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
     assert 0 < result.stats.accepted < result.stats.drafted
+
+
+def test_a_draft_shown_part_of_each_prompt_stays_lossless_while_its_rules_see_whole_sequences():
+    reference = greedy(0, PROMPTS, 30)
+    hidden = [p[: len(p) // 2] for p in PROMPTS]  # e.g. a Whisper prompt's previous text
+    seen_by_rules = []
+
+    def rules(rows, sequences, drafts, logits):
+        seen_by_rules.extend((int(r), list(s)) for r, s in zip(rows, sequences))
+        return logits
+
+    draft = HashModel(VOCAB, len(PROMPTS), 0)  # the target's own function, read from other positions
+    drafter = PrefixHidingDrafter(lambda r: ModelDrafter(draft, len(PROMPTS), rules=r, stop_token_ids=[STOP]),
+                                  rules, hidden)
+    result = speculative_decode(ModelVerifier(HashModel(VOCAB, len(PROMPTS), 0), len(PROMPTS), VOCAB), drafter,
+                                PROMPTS, [STOP], DecodeOptions(max_new_tokens=30, draft_length=4,
+                                                               adaptive_draft_length=False))
+    assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
+    assert result.stats.drafted > 0
+    for row, prompt in enumerate(PROMPTS):  # the draft's cache starts with the visible part of the prompt
+        visible = prompt[len(hidden[row]):]
+        assert draft.cache[row, : len(visible)].tolist() == visible
+    assert seen_by_rules and all(s[: len(PROMPTS[r])] == PROMPTS[r] for r, s in seen_by_rules)
 
 
 def tiny_whisper(seed: int) -> WhisperForConditionalGeneration:

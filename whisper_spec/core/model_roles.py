@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Protocol, Sequence
+from dataclasses import replace
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
 from whisper_spec.core.draft_length import draft_continues
 from whisper_spec.core.prefix_cache import IncrementalModel, PrefixCache
-from whisper_spec.core.protocols import DraftRequest, Proposal
+from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
 
 
 class LogitRules(Protocol):
@@ -132,6 +133,35 @@ class ModelDrafter:
                 q_steps.append((list(alive), probs))
             alive, confidence = extend_drafts(drafts, alive, tokens, going_on, self.stop_token_ids, confidence)
         return Proposal(tokens=drafts, forward_calls=calls, q_draft=stack_q(q_steps, drafts) if q_steps else None)
+
+
+class PrefixHidingDrafter:
+    """A drafter that reads each row's committed sequence without a leading part of its prompt.
+
+    For a draft trained without that part (a Whisper draft distilled on prompts without previous text):
+    shown it, such a draft proposes worse, and reading it costs a prefill. Logit rules still see whole
+    sequences: they count positions from the target's prompt.
+    """
+
+    def __init__(self, make_drafter: Callable[[LogitRules], Drafter], rules: LogitRules,
+                 hidden: Sequence[Sequence[int]]):
+        """
+        Args:
+            make_drafter: builds the inner drafter from the logit rules it must apply.
+            rules: the target's rules, for whole sequences.
+            hidden: per batch row, the prompt tokens the inner drafter does not see (may be empty).
+        """
+        self.hidden = [list(h) for h in hidden]
+        self.rules = rules
+        self.inner = make_drafter(self._rules)
+
+    def _rules(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]],
+               logits: Tensor) -> Tensor:
+        return self.rules(rows, [self.hidden[r] + list(s) for r, s in zip(rows.tolist(), sequences)], drafts, logits)
+
+    def propose(self, request: DraftRequest) -> Proposal:
+        sequences = [s[len(self.hidden[r]):] for r, s in zip(request.rows.tolist(), request.sequences)]
+        return self.inner.propose(replace(request, sequences=sequences))
 
 
 def draft_step(logits: Tensor, request: DraftRequest, confidence: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None, list[bool]]:

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from whisper_spec.core.model_roles import LogitRules, ModelDrafter, draft_step, extend_drafts, no_rules, stack_q
+from whisper_spec.core.model_roles import (LogitRules, ModelDrafter, PrefixHidingDrafter, draft_step, extend_drafts,
+                                           no_rules, stack_q)
 from whisper_spec.core.prefix_cache import IncrementalModel
 from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
 from whisper_spec.distill.data import TargetRecord
@@ -280,6 +281,7 @@ class DistilledDraft:
         self.vocab_size = target.model.model.decoder.embed_tokens.weight.shape[0]
         self.full: IncrementalModel = _FullVocabulary(self.decoder, model.vocab_ids, self.vocab_size)
         self.eot_token_id = target.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.sot_token_id = target.generation_config.decoder_start_token_id
         self.reads_target_states = model.features  # the engine records them for it
         self.draft_confidence = DRAFT_CONFIDENCE
 
@@ -291,8 +293,12 @@ class DistilledDraft:
         if not self.model.features:
             with torch.inference_mode():
                 self.decoder.begin(self.model.encoder_input(batch.target_encoder_hidden))
-            return ModelDrafter(self.full, len(batch.prompts), rules=batch.rules,
-                                stop_token_ids=[self.eot_token_id]), 0.0
+            # The draft never saw previous-text prompts in training (long-form windows have them): it
+            # drafts from the start of transcript on, as it was trained.
+            previous = [p[: p.index(self.sot_token_id)] if self.sot_token_id in p else [] for p in batch.prompts]
+            return PrefixHidingDrafter(lambda rules: ModelDrafter(self.full, len(batch.prompts), rules=rules,
+                                                                  stop_token_ids=[self.eot_token_id]),
+                                       batch.rules, previous), 0.0
         if batch.target_states is None:
             raise ValueError("a feature-level draft needs the target's hidden states: decode with an engine "
                              "that records them (SpeculativeWhisper does when its draft asks)")
