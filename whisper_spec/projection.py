@@ -80,7 +80,7 @@ class Projection:
         n = x.shape[0]
         if self.quantized is not None:
             y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.quantized, True)
-            return list(y.split(self.sizes, dim=-1))
+            return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
         if n == 1 or (self.packed is None and x.device.type == "cpu" and n <= _FEW_ROWS):
             return [torch.cat([linear(x[i: i + 1]) for i in range(n)]) if n > 1 else linear(x)
                     for linear in self.linears]

@@ -109,10 +109,13 @@ class ModelDrafter:
     """A draft model that shares the target's tokenizer: k autoregressive steps, one token each."""
 
     def __init__(self, model: IncrementalModel, batch_size: int, rules: LogitRules = no_rules,
-                 stop_token_ids: Sequence[int] = ()):
+                 stop_token_ids: Sequence[int] = (), vocabulary: Tensor | None = None):
+        """``vocabulary`` [R] long: the only ids ``model`` scores (-inf elsewhere, e.g. a distilled draft's
+        restricted output); choosing among them alone skips full-vocabulary softmax and argmax each step."""
         self.cache = PrefixCache(model, batch_size)
         self.rules = rules
         self.stop_token_ids = frozenset(stop_token_ids)  # a row stops drafting after proposing one of these
+        self.vocabulary = vocabulary
 
     def propose(self, request: DraftRequest) -> Proposal:
         sequences = [list(s) for s in request.sequences]
@@ -128,7 +131,14 @@ class ModelDrafter:
             logits = self.cache.logits(request.rows[alive], prefixes, [1] * len(alive))
             logits = self.rules(request.rows[alive], prefixes, [[] for _ in alive], logits)[:, 0].float()
             calls += 1
-            tokens, probs, confidence, going_on = draft_step(logits, request, confidence)
+            if self.vocabulary is not None:
+                tokens, probs, confidence, going_on = draft_step(logits.index_select(1, self.vocabulary), request,
+                                                                 confidence)
+                tokens = self.vocabulary[tokens]
+                if probs is not None:  # the sampling rule reads distributions over the target's vocabulary
+                    probs = logits.new_zeros(logits.shape).index_copy_(1, self.vocabulary, probs)
+            else:
+                tokens, probs, confidence, going_on = draft_step(logits, request, confidence)
             if probs is not None:
                 q_steps.append((list(alive), probs))
             alive, confidence = extend_drafts(drafts, alive, tokens, going_on, self.stop_token_ids, confidence)
