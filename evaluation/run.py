@@ -80,7 +80,9 @@ class Configuration:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    draft_length: int = 6  # the most draft tokens per round (ours; transformers' initial assistant length)
+    # the most draft tokens per round (ours; None: each draft's own choice) and transformers' initial
+    # assistant length (None: 6)
+    draft_length: int | None = None
     adaptive_draft_length: bool = True  # ours: choose k from measured acceptance and costs
     repeats: int = 1  # timed calls per (file, configuration); the median is kept
     warmup: bool = True  # one untimed call per configuration before timing
@@ -91,7 +93,7 @@ class EvalOptions:
     def __post_init__(self):
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
-        if self.draft_length < 1:
+        if self.draft_length is not None and self.draft_length < 1:
             raise ValueError(f"draft_length must be at least 1, got {self.draft_length}")
 
     @property
@@ -207,7 +209,7 @@ class _OursRunner:
 class _PeerRunner:
     def __init__(self, configuration: Configuration, options: EvalOptions):
         self.peer = TransformersPeer(configuration.target, configuration.draft, device=options.device,
-                                     dtype=options.resolved_dtype, draft_length=options.draft_length)
+                                     dtype=options.resolved_dtype, draft_length=options.draft_length or 6)
         self.models = [self.peer.checkpoint.model] + ([self.peer.assistant] if self.peer.assistant is not None else [])
 
     def __call__(self, samples: np.ndarray, language: str | None) -> _Output:

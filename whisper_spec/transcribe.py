@@ -27,10 +27,11 @@ DEFAULT = "default"  # draft=DEFAULT: the preset's draft (or the target's best k
 class TranscribeOptions:
     language: str | None = None  # ISO code such as "en"; None detects it (multilingual targets)
     task: str = "transcribe"  # "transcribe", or "translate" into English (multilingual targets)
-    draft_length: int = 6  # the most draft tokens per round
+    # the most draft tokens per round; None: the draft's own choice (12 for self-stopping distilled drafts, else 6)
+    draft_length: int | None = None
     adaptive_draft_length: bool = True  # shrink/grow k from measured acceptance and costs
     # a draft ends its round once the probability it gives its whole proposal falls below this (0: never;
-    # None: the draft's own choice, 0.3 for distilled drafts, 0 for others)
+    # None: the draft's own choice, 0.5 for distilled drafts, 0 for others)
     draft_confidence: float | None = None
     temperature: float = 0.0  # 0: greedy, token-identical to the target; > 0: sampling, same distribution
     seed: int | None = None  # random seed for temperature > 0

@@ -41,9 +41,9 @@ def add_parser(subparsers) -> None:
                         help="timed calls per file and configuration; the median is reported (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the untimed warm-up call of each configuration")
-    parser.add_argument("--draft-length", type=int, default=6,
-                        help="the most draft tokens per round (transformers: the assistant's initial length; "
-                             "default: %(default)s)")
+    parser.add_argument("--draft-length", type=int, default=None,
+                        help="the most draft tokens per round (default: each draft's own choice, 12 for distilled "
+                             "drafts, else 6) and transformers' initial assistant length (default: 6)")
     parser.add_argument("--fixed-draft-length", action="store_true",
                         help="always draft --draft-length tokens (ours) instead of adapting it to acceptance")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")

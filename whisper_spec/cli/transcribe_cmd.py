@@ -76,7 +76,9 @@ def add_parser(subparsers) -> None:
                         help="also time every word (cross-attention alignment); shown in the json output")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="how many files to decode together, one 30-s window of each per step")
-    parser.add_argument("--draft-length", type=int, default=6, help="the most draft tokens per round")
+    parser.add_argument("--draft-length", type=int, default=None,
+                        help="the most draft tokens per round (default: the draft's own choice, 12 for "
+                             "distilled drafts, which end their rounds themselves, else 6)")
     parser.add_argument("--near-tie-margin", type=float,
                         help="float16/bfloat16 only: greedy choices whose top two logits are closer than this are "
                              "decided by a float32 rescoring, keeping speculative output equal to greedy output "
@@ -84,7 +86,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--draft-confidence", type=float, default=None,
                         help="a draft ends its round once the probability it gives its whole proposal (the "
                              "product of its token probabilities) falls below this; --draft-length is then a "
-                             "cap (default: the draft's own choice, 0.3 for distilled drafts, else 0: never)")
+                             "cap (default: the draft's own choice, 0.5 for distilled drafts, else 0: never)")
     parser.add_argument("--fixed-draft-length", action="store_true",
                         help="draft every round: exactly --draft-length tokens, or up to it with "
                              "--draft-confidence (default: adapt k to measured acceptance and costs, down to "

@@ -27,11 +27,14 @@ from whisper_spec.whisper.prompts import decoder_prompt, detect_language
 from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
 
+DEFAULT_DRAFT_LENGTH = 6  # the most draft tokens per round, for drafts that name no cap of their own
+
+
 @dataclass(frozen=True)
 class WindowOptions:
     language: str | None = None  # None: detect per window (multilingual targets) or English
     task: str = "transcribe"  # or "translate" (multilingual targets)
-    draft_length: int = 6  # largest k per round
+    draft_length: int | None = None  # largest k per round; None: the draft's own ``draft_length``, else 6
     adaptive_draft_length: bool = True  # choose k from measured acceptance and costs
     # a draft ends its round below this probability of its proposal (0: never; None: the draft's own
     # ``draft_confidence``, 0 for drafts that name none)
@@ -154,7 +157,10 @@ class SpeculativeWhisper:
         # short ones too (7 held-out files: 1.05x shared, 1.15x apart). Other drafts share one controller:
         # apart, tiny.en ran its own encoder to relearn each mode (0.93x against 1.02x).
         gated = confidence > 0
-        controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
+        max_draft = options.draft_length
+        if max_draft is None:
+            max_draft = getattr(self.draft, "draft_length", DEFAULT_DRAFT_LENGTH)
+        controller = self.draft_lengths.get(max_draft if self.draft is not None else 0,
                                             options.adaptive_draft_length, options.temperature > 0, gated,
                                             context=("timestamps" if options.timestamps else "text") if gated else None)
         drafter, draft_encoder_seconds = None, 0.0
@@ -166,7 +172,7 @@ class SpeculativeWhisper:
         budget = self.decoder.max_positions - max(len(p) for p in prompts)
         decode_options = DecodeOptions(
             max_new_tokens=min(options.max_new_tokens or budget, budget),
-            draft_length=options.draft_length if drafter is not None else 0,
+            draft_length=max_draft if drafter is not None else 0,
             adaptive_draft_length=options.adaptive_draft_length, draft_confidence=confidence,
             temperature=options.temperature, seed=options.seed)
         result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options,
