@@ -76,6 +76,9 @@ class DraftLengthController:
     step_window: int = 9  # the plain-step price is the median of the last this many plain steps, of which a
     # drafting gated controller takes one every ``gated_window`` rounds so that the price stays current
     margin: float = 0.03  # drafting must promise this much more speed than plain steps: timings are noisy
+    # ... and, were every draft token right, this much more: a draft that costs about what a target step
+    # does (the target drafting for itself) can only break even, and timing noise then decided (0.91x seen)
+    ceiling_margin: float = 0.10
     alpha: float = 0.8  # running per-token acceptance rate; optimistic start so that drafting is tried
     _t_draft: float | None = field(default=None, repr=False)  # seconds per drafted position
     _t_verify: float | None = field(default=None, repr=False)  # seconds per multi-token verify call
@@ -106,12 +109,7 @@ class DraftLengthController:
         """
         if self.gated or self._t_step is None or self._t_draft is None or self._t_verify is None:
             return True
-        alpha = self.alpha
-        self.alpha = 0.999
-        try:
-            return self.best_k() != 0
-        finally:
-            self.alpha = alpha
+        return self._best(0.999, self.ceiling_margin)[0] != 0
 
     def best_k(self) -> int | None:
         """The draft length with the highest expected tokens per second; None until costs are measured."""
@@ -125,15 +123,20 @@ class DraftLengthController:
             return self.max_draft if rate > (1.0 + self.margin) / statistics.median(self._steps) else 0
         if self._t_step is None or self._t_draft is None or self._t_verify is None:
             return None
+        return self._best(self.alpha, self.margin)[0] if self.could_pay() else 0
+
+    def _best(self, alpha: float, margin: float) -> tuple[int, float]:
+        """(k, tokens per second) of the best draft length at acceptance ``alpha``; k > 0 must beat plain
+        steps by ``margin``."""
         best_k, best_rate = 0, 1.0 / self._t_step
         # A verify pass does a plain step's work and more, whatever a noisy clock said once.
         t_verify = max(self._t_verify, self._t_step)
         setup = self._t_setup / self._rounds_per_setup if self._rounds_per_setup else 0.0
         for k in range(1, self.max_draft + 1):
-            rate = expected_accepted_tokens(self.alpha, k) / (k * self._t_draft + t_verify + setup)
-            if rate > best_rate * (1.0 + self.margin):
+            rate = expected_accepted_tokens(alpha, k) / (k * self._t_draft + t_verify + setup)
+            if rate > best_rate * (1.0 + margin):
                 best_k, best_rate = k, rate
-        return best_k
+        return best_k, best_rate
 
     def wants_draft(self) -> bool:
         """Whether the next decode should start its draft at all (a draft's setup is not free).
