@@ -14,5 +14,6 @@ agreement 0.799, mean accepted length 2.66 at k = 6. Two layers draft at about h
         --init-from tiny.en --layers 0,3 --with-timestamps --steps 1500 --eval-every 250 --learning-rate 3e-4 \
         --threads 2
 
-See evaluation/results/distill-base/README.md for what it does end to end.
+With ``transcribe()``'s defaults it makes base 1.30-1.32x faster on 7 held-out real recordings of
+28 s or more on a 2-core CPU, token-identical (see evaluation/results/distill-base/README.md).
 """
