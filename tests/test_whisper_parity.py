@@ -8,6 +8,7 @@ accepting its own number of tokens per round) and must give exactly the referenc
 from __future__ import annotations
 
 import re
+import time
 
 import jiwer
 import pytest
@@ -18,7 +19,7 @@ from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.drafts import CrossTokenizerDraft, SeparateEncoderDraft, resolve_draft
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 
-from conftest import ALLISON, LIBRIVOX
+from conftest import ALLISON, LIBRIVOX, OracleDrafter
 
 CLIPS = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav",
          LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0890.wav",
@@ -112,3 +113,28 @@ def test_english_only_target_matches_transformers(audio):
         expected = tuple(t for t in tiny.model.generate(features)[0].tolist() if t < eot)
     engine = SpeculativeWhisper(tiny, resolve_draft("layers:0,3", tiny))
     assert engine.decode_windows(audio[:1])[0].tokens == expected
+
+
+def test_the_whole_start_of_a_draft_is_priced_not_only_its_encoder(base, audio, reference):
+    """A shared-encoder draft reports no encoder time, but its start is not free (its cross-attention keys
+    over 1500 frames: ~90 ms a window when base drafts for itself); the engine times all of it. A perfect,
+    free draft that takes a second to start must be switched off once that second is priced against the
+    few rounds of a short clip, with output unchanged."""
+    eot = base.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    class SlowStartingOracle:
+        kind = "shared-encoder"
+
+        def start(self, batch):
+            time.sleep(1.0)
+            oracle = OracleDrafter({0: list(reference[0]) + [eot]}, [len(p) for p in batch.prompts],
+                                   base.model.config.vocab_size, right=True)
+            return oracle, 0.0  # no encoder of its own
+
+    engine = SpeculativeWhisper(base, SlowStartingOracle())
+    options = WindowOptions(language="en")
+    first = engine.decode_windows(audio[:1], options)[0]
+    assert first.tokens == reference[0] and first.stats.drafted > 0
+    again = engine.decode_windows(audio[:1], options)[0]
+    assert again.tokens == reference[0]
+    assert again.stats.drafted == 0

@@ -3,7 +3,7 @@
 The adaptive rule maximises expected tokens per second. A round with draft length k produces
 ``expected_accepted_tokens(alpha, k)`` tokens and costs ``k * t_draft + t_verify + t_setup / R`` (k >= 1)
 or one plain target step ``t_step`` (k = 0). ``t_setup`` is what a draft costs before its first token of
-a decode (a separate-encoder draft's own encoder pass), shared by the ``R`` drafting rounds that followed
+a decode (its own encoder, cross-attention keys and values), shared by the ``R`` drafting rounds that followed
 it. All of these are measured while decoding, so the rule adapts to the machine: on a GPU a verify pass
 costs about one step, on a 2-core CPU it can cost twice that.
 

@@ -94,7 +94,8 @@ def speculative_decode(
     ``controller`` chooses k each round; pass one that outlives this call to carry what it measured
     over to the next decode (it then also learns from decodes without a drafter: their steps are what
     drafting must beat). ``draft_setup_seconds`` is what starting ``drafter`` for this decode cost
-    (a separate-encoder draft's encoder), which the controller spreads over the rounds it serves.
+    (all of its start: a separate encoder, cross-attention keys and values), which the controller spreads
+    over the rounds it serves.
     """
     stops = frozenset(stop_token_ids)
     states = [_RowState(list(p), len(p), histogram={}, from_draft=[]) for p in prompts]

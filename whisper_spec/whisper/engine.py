@@ -17,7 +17,7 @@ from torch import Tensor
 from whisper_spec.core.draft_length import ControllerMemory
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier, NearTieRule
-from whisper_spec.core.stats import SpeculationStats
+from whisper_spec.core.stats import SpeculationStats, Stopwatch
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.drafts import WhisperDraft, WindowBatch
 from whisper_spec.whisper.features import encode_audio
@@ -163,11 +163,15 @@ class SpeculativeWhisper:
         controller = self.draft_lengths.get(max_draft if self.draft is not None else 0,
                                             options.adaptive_draft_length, options.temperature > 0, gated,
                                             context=("timestamps" if options.timestamps else "text") if gated else None)
-        drafter, draft_encoder_seconds = None, 0.0
+        drafter, setup = None, Stopwatch(self.device)
         # a draft that measured slower than plain steps is not even started (its encoder is not free)
         if self.draft is not None and controller.wants_draft():
-            drafter, draft_encoder_seconds = self.draft.start(
-                WindowBatch(audio, hidden, prompts, rules, languages, options.task, self.decoder.hidden_states))
+            # The controller prices all of a start, not only a separate encoder: a shared-encoder draft's
+            # cross-attention keys and values over 1500 frames cost base drafting for itself ~90 ms a
+            # window, unpriced, and kept it drafting short clips at a loss (0.95x).
+            with setup.phase("start"):
+                drafter, draft_encoder_seconds = self.draft.start(
+                    WindowBatch(audio, hidden, prompts, rules, languages, options.task, self.decoder.hidden_states))
             encoder_seconds += draft_encoder_seconds
         budget = self.decoder.max_positions - max(len(p) for p in prompts)
         decode_options = DecodeOptions(
@@ -177,7 +181,7 @@ class SpeculativeWhisper:
             temperature=options.temperature, seed=options.seed)
         result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options,
                                     device=self.device, controller=controller,
-                                    draft_setup_seconds=draft_encoder_seconds)
+                                    draft_setup_seconds=setup.seconds["start"])
         threshold = options.logprob_if_no_speech_above
         scored = [i for i in range(batch) if threshold is None or no_speech[i] > threshold]
         logprobs = self._avg_logprobs(verifier, rules, prompts, [result.rows[i].tokens for i in scored], scored)
