@@ -138,3 +138,18 @@ def test_the_whole_start_of_a_draft_is_priced_not_only_its_encoder(base, audio, 
     again = engine.decode_windows(audio[:1], options)[0]
     assert again.tokens == reference[0]
     assert again.stats.drafted == 0
+
+
+def test_fixed_shape_steps_batched_speculation_gives_every_rows_own_greedy_tokens(base, audio, reference):
+    """The GPU fast path (fixed-shape steps of the whole batch, CUDA graphs on a GPU; eager here) in both the
+    target and a shared-encoder draft: clips of different lengths in one batch, rows finishing at
+    different rounds, each equal to its own greedy decoding by transformers."""
+    draft = resolve_draft("layers:0,5", base, static_steps=True)
+    engine = SpeculativeWhisper(base, draft, static_steps=True)
+    options = WindowOptions(language="en", draft_length=4, adaptive_draft_length=False)
+    windows = engine.decode_windows(audio, options)
+    assert [w.tokens for w in windows] == reference
+    assert sum(w.stats.drafted for w in windows) > 0
+    # every pass went through the fixed-shape steps, one shape per (tokens, outputs) seen
+    assert engine.decoder._steps._shapes and draft.decoder._steps._shapes
+    assert {len(w.tokens) for w in windows} != {len(windows[0].tokens)}  # rows really finish apart

@@ -18,14 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from whisper_spec.cuda_graphs import StepGraphs
 from whisper_spec.projection import Projection, can_quantize
+
+# the longest pass run as a fixed-shape step (longer ones, such as a long previous-text prompt, run as
+# they are): one CUDA graph per (tokens, outputs) shape up to this
+MAX_STATIC_TOKENS = 16
 
 
 class CachedWhisperDecoder(nn.Module):
     """An ``IncrementalModel`` (see ``core.prefix_cache``) for a transformers ``WhisperDecoder``."""
 
     def __init__(self, decoder: nn.Module, layers: Sequence[int] | None = None, output_weight: Tensor | None = None,
-                 int8: bool = False):
+                 int8: bool = False, static_steps: bool = False):
         """
         Args:
             decoder: a transformers ``WhisperDecoder`` (``model.model.decoder``).
@@ -34,6 +39,10 @@ class CachedWhisperDecoder(nn.Module):
             int8: run the linear maps on int8 weights and keep the cross-attention keys and values in
                 bfloat16 (drafts on a CPU: a draft's precision changes only what it proposes; see
                 ``whisper_spec.projection``).
+            static_steps: run passes of up to ``MAX_STATIC_TOKENS`` tokens as fixed-shape steps of the
+                whole batch, each shape captured once as a CUDA graph on a GPU (see
+                ``whisper_spec.cuda_graphs``). On a CPU they run eagerly and cost more than the default
+                path (they attend over every cache slot): there they serve only to test the GPU path.
         """
         super().__init__()
         self.embed_tokens = decoder.embed_tokens
@@ -68,6 +77,7 @@ class CachedWhisperDecoder(nn.Module):
         # [B, P+1, D] the final (layer-normed) hidden state at every position read, when ``begin`` asks
         # for it: what a feature-level draft predicts from (see ``distill.model``)
         self.hidden_states: Tensor | None = None
+        self._steps = (StepGraphs(self._static_step, capture=self.device.type == "cuda") if static_steps else None)
 
     @property
     def device(self) -> torch.device:
@@ -84,22 +94,31 @@ class CachedWhisperDecoder(nn.Module):
 
     @torch.inference_mode()
     def begin(self, encoder_hidden: Tensor, record_hidden: bool = False) -> None:
-        """Start a batch of windows: precompute cross-attention K/V, allocate the self-attention cache.
+        """Start a batch of windows: precompute cross-attention K/V, (re)use the self-attention cache.
 
         Args:
             encoder_hidden: [B, S, D] encoder outputs (S = 1500 for 30-second windows).
             record_hidden: keep every position's final hidden state in ``hidden_states`` [B, P+1, D].
+
+        A batch of the same shape as the last one reuses its buffers in place (what a captured CUDA graph
+        reads must stay at its address); a new window's reads never reach stale slots, since a token
+        attends only to positions of its own window written before it.
         """
-        batch = encoder_hidden.shape[0]
+        batch, frames, _ = encoder_hidden.shape
         encoder_hidden = encoder_hidden.to(device=self.device, dtype=self.dtype)
         # one slot past the last position: a scratch slot that padding tokens write to (never attended)
         shape = (batch, self.num_heads, self.max_positions + 1, self.head_dim)
-        self._self_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-        self._self_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-        self._cross_k = [self._heads(layer.encoder_attn.k_proj(encoder_hidden)).to(self.cross_dtype).contiguous()
-                         for layer in self.layers]
-        self._cross_v = [self._heads(layer.encoder_attn.v_proj(encoder_hidden)).to(self.cross_dtype).contiguous()
-                         for layer in self.layers]
+        cross_shape = (batch, self.num_heads, frames, self.head_dim)
+        if not (self._self_k and self._self_k[0].shape == shape and self._cross_k[0].shape == cross_shape):
+            self._self_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+            self._self_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+            self._cross_k = [torch.empty(cross_shape, device=self.device, dtype=self.cross_dtype) for _ in self.layers]
+            self._cross_v = [torch.empty(cross_shape, device=self.device, dtype=self.cross_dtype) for _ in self.layers]
+            if self._steps is not None:
+                self._steps.clear()
+        for layer, k, v in zip(self.layers, self._cross_k, self._cross_v):
+            k.copy_(self._heads(layer.encoder_attn.k_proj(encoder_hidden)))
+            v.copy_(self._heads(layer.encoder_attn.v_proj(encoder_hidden)))
         self.hidden_states = (torch.zeros(batch, self.max_positions + 1, self.layer_norm.normalized_shape[0],
                                           device=self.device, dtype=self.dtype) if record_hidden else None)
 
@@ -115,6 +134,9 @@ class CachedWhisperDecoder(nn.Module):
             raise RuntimeError("call begin(encoder_hidden) before decoding")
         device = self.device
         b, t = tokens.shape
+        if (self._steps is not None and inputs_embeds is None and self.hidden_states is None
+                and t <= MAX_STATIC_TOKENS):
+            return self._static_call(rows.to(device), tokens.to(device), start.to(device), output_index.to(device))
         tokens = tokens.to(device)
         first = int(start.max()) if b > 1 else int(start[0])
         keys = min(first + t, self.max_positions + 1)
@@ -122,40 +144,66 @@ class CachedWhisperDecoder(nn.Module):
         # written through slices. A small draft's step costs less than the advanced indexing, attention
         # mask and row gathers the general case needs (2.4 -> 1.8 ms for a two-layer tiny.en-sized draft).
         one_row = b == 1 and first + t <= self.max_positions
-        row = int(rows[0]) if one_row else None
         positions = start.to(device)[:, None] + torch.arange(t, device=device)  # [b, T]
         mask = None
-        if not one_row:
+        if t > 1 or not one_row:
+            # token at position p sees cached positions 0..p of its own row
+            mask = (torch.arange(keys, device=device)[None, None, :] <= positions[:, :, None])[:, None]
+        if one_row:
+            row = int(rows[0])
+
+            def cache(i: int, k_new: Tensor, v_new: Tensor):
+                self._self_k[i][row, :, first: first + t] = k_new[0].transpose(0, 1)
+                self._self_v[i][row, :, first: first + t] = v_new[0].transpose(0, 1)
+                return (self._self_k[i][row: row + 1, :, :keys], self._self_v[i][row: row + 1, :, :keys],
+                        self._cross_k[i][row: row + 1], self._cross_v[i][row: row + 1])
+        else:
             whole_batch = b == self._self_k[0].shape[0] and rows.tolist() == list(range(b))
             rows = rows.to(device)
             row_index = rows[:, None]
             # Positions past the window are padding: they write to the scratch slot and read clamped embeddings.
             write_positions = positions.clamp_max(self.max_positions)
-        if t > 1 or not one_row:
-            # token at position p sees cached positions 0..p of its own row
-            mask = (torch.arange(keys, device=device)[None, None, :] <= positions[:, :, None])[:, None]
-        if inputs_embeds is None:
-            x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
-        else:
-            x = inputs_embeds.to(device=device, dtype=self.dtype)
-        n = b * t
-        for i, layer in enumerate(self.layers):
-            h = layer.self_attn_layer_norm(x).view(n, -1)
-            q, k_new, v_new = self._qkv[i](h)
-            q = self._heads(q.view(b, t, -1))
-            if one_row:
-                self._self_k[i][row, :, first: first + t] = k_new.view(t, self.num_heads, self.head_dim).transpose(0, 1)
-                self._self_v[i][row, :, first: first + t] = v_new.view(t, self.num_heads, self.head_dim).transpose(0, 1)
-                k_all, v_all = self._self_k[i][row: row + 1, :, :keys], self._self_v[i][row: row + 1, :, :keys]
-                k_enc, v_enc = self._cross_k[i][row: row + 1], self._cross_v[i][row: row + 1]
-            else:
-                self._self_k[i][row_index, :, write_positions] = k_new.view(b, t, self.num_heads, self.head_dim)
-                self._self_v[i][row_index, :, write_positions] = v_new.view(b, t, self.num_heads, self.head_dim)
+
+            def cache(i: int, k_new: Tensor, v_new: Tensor):
+                self._self_k[i][row_index, :, write_positions] = k_new
+                self._self_v[i][row_index, :, write_positions] = v_new
                 k_all, v_all = self._self_k[i][:, :, :keys], self._self_v[i][:, :, :keys]
                 k_enc, v_enc = self._cross_k[i], self._cross_v[i]
                 if not whole_batch:
                     k_all, v_all = k_all.index_select(0, rows), v_all.index_select(0, rows)
                     k_enc, v_enc = k_enc.index_select(0, rows), v_enc.index_select(0, rows)
+                return k_all, v_all, k_enc, v_enc
+        if inputs_embeds is None:
+            x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
+        else:
+            x = inputs_embeds.to(device=device, dtype=self.dtype)
+        x = self._layers(x, mask, cache)
+        if self.hidden_states is not None:
+            x = self.layer_norm(x)
+            if one_row:
+                self.hidden_states[row, first: first + t] = x[0]
+            else:
+                self.hidden_states[row_index, write_positions] = x
+        x = x.gather(1, output_index.to(device)[:, :, None].expand(-1, -1, x.shape[-1]))
+        if self.hidden_states is None:
+            x = self.layer_norm(x)
+        return self._logits(x)
+
+    def _layers(self, x: Tensor, mask: Tensor | None, cache) -> Tensor:
+        """The decoder layers: x [b, T, D] -> [b, T, D] (before the final layer norm).
+
+        ``cache(i, k_new, v_new)`` writes layer i's new keys and values ([b, T, H, Dh] each) and returns
+        what the queries attend to: self-attention keys and values [b, H, K, Dh] (``mask`` [b, 1, T, K]
+        says which of them each query sees) and cross-attention keys and values [b, H, S, Dh].
+        """
+        b, t, _ = x.shape
+        n = b * t
+        for i, layer in enumerate(self.layers):
+            h = layer.self_attn_layer_norm(x).view(n, -1)
+            q, k_new, v_new = self._qkv[i](h)
+            q = self._heads(q.view(b, t, -1))
+            k_all, v_all, k_enc, v_enc = cache(i, k_new.view(b, t, self.num_heads, self.head_dim),
+                                               v_new.view(b, t, self.num_heads, self.head_dim))
             out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
             x = x + self._self_out[i](out.transpose(1, 2).reshape(n, -1))[0].view(b, t, -1)
 
@@ -166,14 +214,60 @@ class CachedWhisperDecoder(nn.Module):
 
             h = layer.final_layer_norm(x).view(n, -1)
             x = x + self._fc2[i](layer.activation_fn(self._fc1[i](h)[0]))[0].view(b, t, -1)
-        if self.hidden_states is not None:
-            x = self.layer_norm(x)
-            if one_row:
-                self.hidden_states[row, first: first + t] = x[0]
-            else:
-                self.hidden_states[row_index, write_positions] = x
-        x = x.gather(1, output_index.to(device)[:, :, None].expand(-1, -1, x.shape[-1]))
-        if self.hidden_states is None:
-            x = self.layer_norm(x)
-        outputs = x.shape[1]
+        return x
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """[b, N, D] final hidden states -> [b, N, V] logits"""
+        b, outputs, _ = x.shape
         return self._head(x.reshape(b * outputs, -1))[0].view(b, outputs, -1)
+
+    def _static_call(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
+        """``forward_cached`` through a fixed-shape step of the whole batch (see ``static_steps``).
+
+        Rows not in ``rows`` run too, on padding that writes only the scratch slot, so that the step's
+        shape depends on (T, N) alone.
+        """
+        batch = self._self_k[0].shape[0]
+        t, outputs = tokens.shape[1], output_index.shape[1]
+        device, scratch = self.device, self.max_positions
+
+        def blank() -> tuple[Tensor, ...]:
+            return (torch.zeros((batch, t), dtype=torch.long, device=device),
+                    torch.full((batch,), scratch, dtype=torch.long, device=device),
+                    torch.zeros((batch, outputs), dtype=torch.long, device=device))
+
+        def fill(inputs: tuple[Tensor, ...]) -> None:
+            static_tokens, static_start, static_index = inputs
+            static_tokens.zero_()
+            static_start.fill_(scratch)
+            static_index.zero_()
+            static_tokens[rows] = tokens
+            static_start[rows] = start
+            static_index[rows] = output_index
+
+        # indexing copies the rows out of the step's output buffer, which the next step overwrites
+        return self._steps.run((batch, t, outputs), blank, fill)[rows]
+
+    def _static_step(self, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
+        """One decoding step of the whole batch with shapes fixed by (B, T, N) and no host synchronisation.
+
+        tokens [B, T] at positions start[r] .. start[r]+T-1 (positions past the window write the scratch
+        slot), output_index [B, N] -> logits [B, N, V]. Every query attends over all P+1 cached slots
+        under a mask, so the cache's read shape never changes: what a CUDA graph needs.
+        """
+        b, t = tokens.shape
+        device = tokens.device
+        positions = start[:, None] + torch.arange(t, device=device)  # [B, T]
+        write_positions = positions.clamp_max(self.max_positions)
+        row_index = torch.arange(b, device=device)[:, None]
+        mask = (torch.arange(self.max_positions + 1, device=device)[None, None, :] <= positions[:, :, None])[:, None]
+
+        def cache(i: int, k_new: Tensor, v_new: Tensor):
+            self._self_k[i][row_index, :, write_positions] = k_new
+            self._self_v[i][row_index, :, write_positions] = v_new
+            return self._self_k[i], self._self_v[i], self._cross_k[i], self._cross_v[i]
+
+        x = self.embed_tokens(tokens) + self.embed_positions.weight[positions.clamp_max(self.max_positions - 1)]
+        x = self._layers(x, mask, cache)
+        x = x.gather(1, output_index[:, :, None].expand(-1, -1, x.shape[-1]))
+        return self._logits(self.layer_norm(x))

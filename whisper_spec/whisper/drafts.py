@@ -80,9 +80,9 @@ class SharedEncoderDraft:
 class SeparateEncoderDraft:
     kind = "separate-encoder"
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, static_steps: bool = False):
         self.checkpoint = checkpoint
-        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, int8=DRAFT_INT8)
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, int8=DRAFT_INT8, static_steps=static_steps)
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         hidden, seconds = encode_audio(self.checkpoint, batch.audio)
@@ -95,10 +95,10 @@ class SeparateEncoderDraft:
 class CrossTokenizerDraft:
     kind = "cross-tokenizer"
 
-    def __init__(self, checkpoint, target_tokenizer):
+    def __init__(self, checkpoint, target_tokenizer, static_steps: bool = False):
         self.checkpoint = checkpoint
         self.target_tokenizer = target_tokenizer
-        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, int8=DRAFT_INT8)
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, int8=DRAFT_INT8, static_steps=static_steps)
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         hidden, seconds = encode_audio(self.checkpoint, batch.audio)
@@ -135,7 +135,7 @@ def _same_encoder(a, b) -> bool:
                                           for k in pa)
 
 
-def resolve_draft(spec: str, target, device=None, dtype=None) -> WhisperDraft:
+def resolve_draft(spec: str, target, device=None, dtype=None, static_steps: bool = False) -> WhisperDraft:
     """Turn a draft spec into a draft for ``target`` (a ``WhisperCheckpoint``).
 
     Specs: ``layers:0,5`` (the target's own decoder layers, reading its encoder outputs), a distilled
@@ -143,7 +143,8 @@ def resolve_draft(spec: str, target, device=None, dtype=None) -> WhisperDraft:
     ``base-distilled``, or ``distilled`` for the one shipped for the target), or any name
     ``load_whisper`` resolves. A checkpoint with the target's tokenizer becomes a shared-encoder draft
     when its encoder is bit-identical to the target's, else a separate-encoder draft; a checkpoint with
-    another tokenizer becomes a cross-tokenizer draft.
+    another tokenizer becomes a cross-tokenizer draft. ``static_steps``: the draft decoder's steps run as
+    fixed-shape steps, CUDA graphs on a GPU (distilled drafts, made for CPUs, ignore it).
     """
     from whisper_spec.distill.draft import DistilledDraft, find_draft_file
     from whisper_spec.whisper.checkpoints import load_whisper
@@ -161,11 +162,13 @@ def resolve_draft(spec: str, target, device=None, dtype=None) -> WhisperDraft:
             raise ValueError(f"draft spec {spec!r}: expected layers:i,j,... with integer layer indices") from None
         if not layers:
             raise ValueError(f"draft spec {spec!r} names no layers")
-        return SharedEncoderDraft(CachedWhisperDecoder(decoder, layers=layers, int8=DRAFT_INT8), eot)
+        return SharedEncoderDraft(CachedWhisperDecoder(decoder, layers=layers, int8=DRAFT_INT8,
+                                                       static_steps=static_steps), eot)
     weight = target.model.model.decoder.embed_tokens.weight
     draft = load_whisper(spec, device=device or weight.device, dtype=dtype or weight.dtype)
     if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
-        return CrossTokenizerDraft(draft, target.tokenizer)
+        return CrossTokenizerDraft(draft, target.tokenizer, static_steps)
     if _same_encoder(draft, target):
-        return SharedEncoderDraft(CachedWhisperDecoder(draft.model.model.decoder, int8=DRAFT_INT8), eot)
-    return SeparateEncoderDraft(draft)
+        return SharedEncoderDraft(CachedWhisperDecoder(draft.model.model.decoder, int8=DRAFT_INT8,
+                                                       static_steps=static_steps), eot)
+    return SeparateEncoderDraft(draft, static_steps)

@@ -70,11 +70,13 @@ class DecodedWindow:
 class SpeculativeWhisper:
     """A target checkpoint with an optional draft; ``draft=None`` is the target alone (the baseline)."""
 
-    def __init__(self, target, draft: WhisperDraft | None = None):
+    def __init__(self, target, draft: WhisperDraft | None = None, static_steps: bool = False):
+        """``static_steps``: the target's decoding passes run as fixed-shape steps, replayed as CUDA graphs
+        on a GPU (see ``CachedWhisperDecoder``); a draft decoder chooses for itself."""
         self.target = target
         self.draft = draft
         self.draft_lengths = ControllerMemory()  # what this pair costs here, learned across windows
-        self.decoder = CachedWhisperDecoder(target.model.model.decoder)
+        self.decoder = CachedWhisperDecoder(target.model.model.decoder, static_steps=static_steps)
         self._exact: dict[str, ExactDecoder] = {}  # the float32 decoder for near-ties, built on first need
         config = target.generation_config
         vocab = target.tokenizer.get_vocab()

@@ -1,0 +1,128 @@
+"""The fixed-shape decoding step behind CUDA graphs, checked on a CPU against the plain path.
+
+A CUDA graph replays recorded kernels on fixed addresses: the step it records must have shapes that do
+not depend on values, must not synchronise with the host, and must read only tensors that stay in
+place. These tests check each property where it can be checked without a GPU: the step's logits equal
+the plain path's (real base weights, real speech, rows of different lengths, partial batches); the step
+traces as a single graph (a host synchronisation would break it); a new window reuses the cache's
+memory; and ``StepGraphs`` hands out a buffer that the next step overwrites, as a replay does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from whisper_spec.audio import load_audio
+from whisper_spec.core.prefix_cache import PrefixCache
+from whisper_spec.cuda_graphs import StepGraphs
+from whisper_spec.whisper.checkpoints import load_whisper
+from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.features import encode_audio
+
+from conftest import ALLISON, LIBRIVOX
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.set_num_threads(2)
+    return load_whisper("base")
+
+
+@pytest.fixture(scope="module")
+def hidden(base):
+    clips = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav", ALLISON / "vm-review.wav",
+             LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"]
+    return encode_audio(base, [load_audio(c) for c in clips])[0]
+
+
+def test_fixed_shape_steps_give_the_plain_paths_logits(base, hidden):
+    decoder = base.model.model.decoder
+    plain, static = CachedWhisperDecoder(decoder), CachedWhisperDecoder(decoder, static_steps=True)
+    for d in (plain, static):
+        d.begin(hidden)
+    generator = torch.Generator().manual_seed(0)
+    sequences = [[50258, 50259, 50359, 50363] + torch.randint(0, 50257, (60,), generator=generator).tolist()
+                 for _ in range(3)]
+    caches = PrefixCache(plain, 3), PrefixCache(static, 3)
+    compared = 0
+    # rows at their own lengths, the whole batch and parts of it, one- and several-token passes
+    for length in (4, 5, 6, 9, 10, 17, 18, 30, 31, 32, 45):
+        for rows in ([0, 1, 2], [1], [0, 2], [2, 0]):
+            index = torch.tensor(rows)
+            prefixes = [sequences[r][: length + 2 * r] for r in rows]
+            n_last = [min(1 + r, len(p)) for r, p in zip(rows, prefixes)]
+            expected, got = (cache.logits(index, prefixes, n_last) for cache in caches)
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+            assert torch.equal(got.argmax(-1), expected.argmax(-1))
+            compared += got.shape[0] * got.shape[1]
+    assert compared > 100
+    shapes = static._steps._shapes
+    assert len(shapes) >= 4 and all(key[0] == 3 for key in shapes)  # always the whole batch
+
+
+def test_a_fixed_shape_step_traces_as_one_graph_without_host_synchronisation(base, hidden):
+    """``fullgraph=True`` fails on ``.item()``, ``.tolist()`` or a shape that depends on values, which is
+    what would break a CUDA graph capture (the plain path has all three and fails this trace)."""
+    static = CachedWhisperDecoder(base.model.model.decoder, static_steps=True)
+    static.begin(hidden[:2])
+    step = torch.compile(static._static_step, backend="eager", fullgraph=True, dynamic=False)
+    tokens = torch.tensor([[50258, 50259, 50359], [50258, 50259, 50359]])
+    start, index = torch.tensor([0, 0]), torch.tensor([[0, 1, 2], [2, 2, 2]])
+    with torch.inference_mode():
+        traced = step(tokens, start, index)
+        eager = static._static_step(tokens, start, index)
+    assert torch.equal(traced, eager)
+    plain = torch.compile(CachedWhisperDecoder(base.model.model.decoder).forward_cached, backend="eager", fullgraph=True)
+    with pytest.raises(Exception):
+        plain.__self__.begin(hidden[:2])
+        with torch.inference_mode():
+            plain(torch.tensor([0, 1]), tokens, start, index)
+
+
+def test_a_window_of_the_same_shape_reuses_the_cache_memory(base, hidden):
+    """A captured graph reads the cache at the addresses it was recorded with."""
+    static = CachedWhisperDecoder(base.model.model.decoder, static_steps=True)
+    static.begin(hidden)
+    addresses = [t.data_ptr() for t in static._self_k + static._cross_k]
+    cache = PrefixCache(static, 3)
+    first = cache.logits(torch.tensor([0]), [[50258, 50259, 50359, 50363, 440]], [1])
+    static.begin(hidden.flip(0))
+    assert [t.data_ptr() for t in static._self_k + static._cross_k] == addresses
+    # the same row, now reading the third clip's frames: its own result, not the old window's
+    again = PrefixCache(static, 3).logits(torch.tensor([2]), [[50258, 50259, 50359, 50363, 440]], [1])
+    assert torch.equal(again, first)
+    static.begin(hidden[:2])  # another batch size: new buffers, recorded shapes forgotten
+    assert static._self_k[0].shape[0] == 2 and not static._steps._shapes
+
+
+def test_step_graphs_keep_static_inputs_per_shape_and_overwrite_their_output():
+    calls = []
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return x * 2
+
+    graphs = StepGraphs(step, capture=False)
+    blanks = []
+
+    def blank(n):
+        def make():
+            blanks.append(n)
+            return (torch.zeros(n),)
+        return make
+
+    def fill(value):
+        return lambda inputs: inputs[0].fill_(value)
+
+    a = graphs.run(3, blank(3), fill(1.0))
+    assert torch.equal(a, torch.full((3,), 2.0))
+    b = graphs.run(3, blank(3), fill(5.0))
+    assert b.data_ptr() == a.data_ptr() and torch.equal(a, torch.full((3,), 10.0))  # a replay overwrites
+    c = graphs.run(2, blank(2), fill(1.0))
+    assert torch.equal(c, torch.full((2,), 2.0)) and torch.equal(a, torch.full((3,), 10.0))
+    assert blanks == [3, 2]  # static inputs allocated once per shape
+    graphs.clear()
+    graphs.run(3, blank(3), fill(1.0))
+    assert blanks == [3, 2, 3] and graphs.captured == 0 and not graphs.failures
