@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.gpu_timing import TimingOptions, run_timing
+from evaluation.gpu_timing import TimingOptions, run_timing, timing_table
 from evaluation.report import first_divergence
 from evaluation.run import Configuration, EvalOptions, MemoryProbe
 from whisper_spec.cli import build_parser, main
@@ -115,15 +115,22 @@ def test_end_to_end_parity_wer_and_speed_numbers(eval_report):
 
 def test_timing_mode_at_tiny_scale_is_lossless_and_driven_by_the_oracle():
     torch.set_num_threads(2)
-    result = run_timing(TimingOptions(architecture="tiny", probabilities=(0.0, 1.0), new_tokens=12, repeats=1,
-                                      batch_size=2, adaptive_draft_length=False, draft_length=4, device="cpu"))
-    never, always = result.points
-    assert never.acceptance_rate == 0.0 and never.mean_accepted_length == 0.0
-    assert always.acceptance_rate == 1.0
-    # all-right drafts of 4: each verify pass commits 5 tokens, so 12 tokens need 3 target calls
-    assert always.target_calls == 3
-    assert never.target_calls == 12
-    assert result.baseline_seconds > 0 and all(p.speedup > 0 for p in result.points)
+    for static in (False, True):  # the plain path, then fixed-shape steps (CUDA graphs on a GPU, eager here)
+        result = run_timing(TimingOptions(architecture="tiny", probabilities=(0.0, 1.0), new_tokens=12, repeats=1,
+                                          batch_size=2, adaptive_draft_length=False, draft_length=4, device="cpu",
+                                          static_steps=static))
+        never, always = result.points
+        assert never.acceptance_rate == 0.0 and never.mean_accepted_length == 0.0
+        assert always.acceptance_rate == 1.0
+        # all-right drafts of 4: each verify pass commits 5 tokens, so 12 tokens need 3 target calls
+        assert always.target_calls == 3
+        assert never.target_calls == 12
+        assert never.identical_rows == always.identical_rows == 2  # float32: every row is its greedy output
+        assert result.baseline_seconds > 0 and all(p.speedup > 0 for p in result.points)
+        assert result.transformers_seconds > 0 and always.vs_transformers > 0 and result.tokens_per_row == 12
+        assert result.static_steps is static and (result.plain_seconds is not None) is static
+        table = timing_table(result)
+        assert "transformers `generate`" in table and ("plain path" in table) and "| 2/2 |" in table
 
 
 def _record(configuration: str, file_id: str, tokens, seconds: float, text: str = "a b", **counts):

@@ -67,6 +67,11 @@ def add_parser(subparsers) -> None:
     timing.add_argument("--timing-batch", type=int, default=1, help="windows decoded together (default: %(default)s)")
     timing.add_argument("--timing-repeats", type=int, default=3,
                         help="timed decodes per point, median kept (default: %(default)s)")
+    timing.add_argument("--timing-static-steps", choices=("auto", "on", "off"), default="auto",
+                        help="run our decoders on fixed-shape steps, replayed as CUDA graphs on a GPU (auto: on for "
+                             "CUDA, where the plain path is also timed for comparison; on a CPU they run eagerly)")
+    timing.add_argument("--timing-no-transformers", action="store_true",
+                        help="skip timing transformers' greedy generate on the same batch")
     parser.set_defaults(func=run)
 
 
@@ -118,7 +123,9 @@ def _timing_options(args):
         architecture=args.timing_architecture, probabilities=probabilities, new_tokens=args.timing_tokens,
         batch_size=args.timing_batch, draft_length=args.draft_length,
         adaptive_draft_length=not args.fixed_draft_length, repeats=args.timing_repeats, device=args.device,
-        dtype=getattr(torch, args.dtype) if args.dtype else None)
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        static_steps={"auto": None, "on": True, "off": False}[args.timing_static_steps],
+        transformers_greedy=not args.timing_no_transformers)
 
 
 def run(args) -> int:
@@ -146,7 +153,9 @@ def run(args) -> int:
 
     timing = None
     if timing_options is not None:
-        with tqdm(total=1 + len(timing_options.probabilities), desc="timing mode", disable=args.no_progress) as bar:
+        steps = (1 + len(timing_options.probabilities) + int(timing_options.transformers_greedy)
+                 + int(timing_options.uses_static_steps))
+        with tqdm(total=steps, desc="timing mode", disable=args.no_progress) as bar:
             timing = run_timing(timing_options, on_step=lambda label: (bar.set_postfix_str(label), bar.update()))
         print(timing_table(timing))
         if args.timing_only:
