@@ -126,3 +126,10 @@ def test_step_graphs_keep_static_inputs_per_shape_and_overwrite_their_output():
     graphs.clear()
     graphs.run(3, blank(3), fill(1.0))
     assert blanks == [3, 2, 3] and graphs.captured == 0 and not graphs.failures
+
+
+def test_cuda_graphs_are_ignored_on_a_cpu_where_the_plain_path_is_faster():
+    from whisper_spec.transcribe import load_pipeline
+
+    engine = load_pipeline("base", "layers:0,5", "cpu", None, cuda_graphs=True)
+    assert engine.decoder._steps is None and engine.draft.decoder._steps is None

@@ -113,12 +113,18 @@ def _default_dtype(device: str) -> torch.dtype:
 
 
 @functools.lru_cache(maxsize=8)
-def load_pipeline(target: str, draft: str | None, device: str = "cpu", dtype: torch.dtype | None = None) -> SpeculativeWhisper:
-    """A loaded target and draft, kept for the process (the CLI, the demo and evaluation reuse it)."""
+def load_pipeline(target: str, draft: str | None, device: str = "cpu", dtype: torch.dtype | None = None,
+                  cuda_graphs: bool = False) -> SpeculativeWhisper:
+    """A loaded target and draft, kept for the process (the CLI, the demo and evaluation reuse it).
+
+    ``cuda_graphs``: on a CUDA device, decoding steps of up to 16 tokens run as fixed-shape steps replayed
+    as CUDA graphs (``CachedWhisperDecoder``'s ``static_steps``); ignored elsewhere.
+    """
     dtype = dtype or _default_dtype(device)
+    static = cuda_graphs and torch.device(device).type == "cuda"
     checkpoint = load_whisper(target, device=device, dtype=dtype)
-    engine = SpeculativeWhisper(checkpoint)
-    return engine.with_draft(resolve_draft(draft, checkpoint, device, dtype)) if draft else engine
+    engine = SpeculativeWhisper(checkpoint, static_steps=static)
+    return engine.with_draft(resolve_draft(draft, checkpoint, device, dtype, static_steps=static)) if draft else engine
 
 
 def resolve_models(preset: str | None, target: str | None, draft: str | None) -> tuple[str, str | None]:
@@ -142,13 +148,15 @@ def _default_draft_for(target: str) -> str | None:
 @overload
 def transcribe(audio: str | PathLike | np.ndarray, target: str | None = None, draft: str | None = DEFAULT,
                options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
-               dtype: torch.dtype | None = None, stream: Literal[False] = False, **overrides) -> Transcription: ...
+               dtype: torch.dtype | None = None, cuda_graphs: bool = False, stream: Literal[False] = False,
+               **overrides) -> Transcription: ...
 
 
 @overload
 def transcribe(audio: str | PathLike | np.ndarray, target: str | None = None, draft: str | None = DEFAULT,
                options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
-               dtype: torch.dtype | None = None, stream: Literal[True], **overrides) -> SegmentStream: ...
+               dtype: torch.dtype | None = None, cuda_graphs: bool = False, stream: Literal[True],
+               **overrides) -> SegmentStream: ...
 
 
 def transcribe(
@@ -160,6 +168,7 @@ def transcribe(
     preset: str | None = None,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    cuda_graphs: bool = False,
     stream: bool = False,
     **overrides,
 ) -> Transcription | SegmentStream:
@@ -175,6 +184,7 @@ def transcribe(
         options: decoding options; keyword ``overrides`` replace single fields (``language="en"``).
         preset: a named target/draft pair from ``whisper_spec.presets.PRESETS``.
         device, dtype: where and in what precision to run (default float16 on CUDA, float32 on CPU).
+        cuda_graphs: on CUDA, replay decoding steps as CUDA graphs (see ``load_pipeline``).
         stream: return a ``SegmentStream`` that yields segments as they are decoded, instead of waiting.
 
     Raises:
@@ -193,7 +203,7 @@ def transcribe(
         raise AudioLoadError(source, "no audio samples")
     seconds = samples.size / SAMPLE_RATE
     longform = options.longform_options(seconds)
-    engine = load_pipeline(target_name, draft_name, device, dtype)
+    engine = load_pipeline(target_name, draft_name, device, dtype, cuda_graphs)
 
     def finish(result: LongformResult) -> Transcription:
         return Transcription.from_longform(result, target_name, draft_name, time.perf_counter() - started)

@@ -69,6 +69,9 @@ def add_parser(subparsers) -> None:
                         help="torch device to run on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", choices=sorted(DTYPES),
                         help="model precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="on a CUDA device, replay decoding steps of target and draft as CUDA graphs (large "
+                             "models at small batches are launch-bound); ignored on a CPU")
     parser.add_argument("--language", help="spoken language code such as en or fr (default: detected per file)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
                         help="transcribe in the spoken language, or translate into English")
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     done: list[Transcription] = []
     if todo:
-        engine = load_pipeline(target, draft, args.device, DTYPES.get(args.dtype))
+        engine = load_pipeline(target, draft, args.device, DTYPES.get(args.dtype), args.cuda_graphs)
         bar = tqdm(total=sum(seconds.values()), unit="s", unit_scale=True, desc="audio", bar_format=BAR_FORMAT,
                    disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
         progress: dict[Job, float] = {}
