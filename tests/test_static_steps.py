@@ -14,10 +14,14 @@ import pytest
 import torch
 
 from whisper_spec.audio import load_audio
+from whisper_spec.core.model_roles import ModelDrafter
 from whisper_spec.core.prefix_cache import PrefixCache
+from whisper_spec.core.protocols import DraftRequest
 from whisper_spec.cuda_graphs import StepGraphs
 from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.drafts import RoundDrafter
+from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 from whisper_spec.whisper.features import encode_audio
 
 from conftest import ALLISON, LIBRIVOX
@@ -29,11 +33,13 @@ def base():
     return load_whisper("base")
 
 
+CLIPS = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav", ALLISON / "vm-review.wav",
+         LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"]
+
+
 @pytest.fixture(scope="module")
 def hidden(base):
-    clips = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav", ALLISON / "vm-review.wav",
-             LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0930.wav"]
-    return encode_audio(base, [load_audio(c) for c in clips])[0]
+    return encode_audio(base, [load_audio(c) for c in CLIPS])[0]
 
 
 def test_fixed_shape_steps_give_the_plain_paths_logits(base, hidden):
@@ -126,6 +132,47 @@ def test_step_graphs_keep_static_inputs_per_shape_and_overwrite_their_output():
     graphs.clear()
     graphs.run(3, blank(3), fill(1.0))
     assert blanks == [3, 2, 3] and graphs.captured == 0 and not graphs.failures
+
+
+@pytest.mark.parametrize("min_confidence", [0.0, 0.05])
+def test_a_draft_round_in_one_computation_proposes_what_step_by_step_drafting_does(base, hidden, min_confidence):
+    """``RoundDrafter`` chooses all k tokens on the device (one CUDA graph a round on a GPU) and cuts each
+    row's draft afterwards; the step-by-step ``ModelDrafter`` stops rows as it goes. On real speech, over
+    rounds that advance, roll back and leave rows out, both must propose the same tokens."""
+    decoder = base.model.model.decoder
+    engine = SpeculativeWhisper(base)
+    audio = [load_audio(c) for c in CLIPS]
+    transcripts = [list(w.tokens) + [engine.eot_token_id] for w in engine.decode_windows(audio, WindowOptions(language="en"))]
+    prompt = [50258, 50259, 50359, 50363]
+    rules = engine.logit_rules([len(prompt)] * 3, timestamps=False)
+    drafters = []
+    for _ in range(2):
+        draft = CachedWhisperDecoder(decoder, layers=[0, 5], static_steps=True)
+        draft.begin(hidden)
+        drafters.append(ModelDrafter(draft, 3, rules=rules, stop_token_ids=[engine.eot_token_id]))
+    stepwise, fused = drafters[0], RoundDrafter(drafters[1], drafters[1].cache.model, rules)
+    sequences = [prompt + t[:2] for t in transcripts]
+    sizes = []
+    for round_, rows in enumerate([[0, 1, 2], [0, 1, 2], [0, 2], [1], [0, 1, 2], [2, 1], [0, 1, 2], [0, 1, 2]]):
+        request = DraftRequest(torch.tensor(rows), [list(sequences[r]) for r in rows], k=5,
+                               temperature=0.0, generator=None, min_confidence=min_confidence)
+        expected, got = stepwise.propose(request), fused.propose(request)
+        assert got.tokens == expected.tokens, f"round {round_}"
+        sizes += [len(t) for t in got.tokens]
+        for r, draft in zip(rows, got.tokens):  # the verifier's verdict, in turn: all, one, none and back
+            generated = len(sequences[r]) - len(prompt)
+            if round_ % 3 == 0:
+                sequences[r] += draft + [transcripts[r][generated % len(transcripts[r])]]
+            elif round_ % 3 == 1:
+                sequences[r] += draft[:1] + [transcripts[r][(generated + 1) % len(transcripts[r])]]
+            else:
+                sequences[r] = sequences[r][:-2]
+    assert len(sizes) == 20 and min(sizes) >= 1
+    if min_confidence == 0:
+        assert max(sizes) == 5
+    else:  # rows cut at different places by the running confidence
+        assert len(set(sizes)) > 1 and min(sizes) < 5
+    assert any(key[0] == "round" for key in drafters[1].cache.model._steps._shapes)
 
 
 def test_cuda_graphs_are_ignored_on_a_cpu_where_the_plain_path_is_faster():

@@ -23,21 +23,27 @@ import torch
 from torch import Tensor
 
 
+Output = Tensor | tuple[Tensor, ...]
+
+
 @dataclass
 class _Shape:
+    step: Callable[..., Output]
     inputs: tuple[Tensor, ...]  # the static inputs this shape's step reads
-    output: Tensor | None = None  # where its result lands (the graph's own output, or a copy target)
+    output: Output | None = None  # where its result lands (the graph's own output, or a copy target)
     graph: "torch.cuda.CUDAGraph | None" = None
 
 
 class StepGraphs:
-    """Runs ``step(*inputs) -> Tensor`` on static inputs, one CUDA graph per input shape when ``capture``."""
+    """Runs steps ``step(*inputs) -> Tensor (or tuple of Tensors)`` on static inputs, one CUDA graph per
+    key when ``capture``."""
 
-    def __init__(self, step: Callable[..., Tensor], capture: bool):
+    def __init__(self, step: Callable[..., Output], capture: bool):
         """
         Args:
-            step: a function of tensors without host synchronisation (no ``.item()``, ``.tolist()`` or
-                shape that depends on values), reading only tensors that stay at their address.
+            step: the default step function: a function of tensors without host synchronisation (no
+                ``.item()``, ``.tolist()`` or shape that depends on values), reading only tensors that
+                stay at their address (``run`` may name another for a key).
             capture: record CUDA graphs (the step's device must be CUDA); False runs it eagerly.
         """
         self.step = step
@@ -52,30 +58,35 @@ class StepGraphs:
         self._shapes.clear()
 
     def run(self, key: Hashable, blank: Callable[[], tuple[Tensor, ...]],
-            fill: Callable[[tuple[Tensor, ...]], None]) -> Tensor:
+            fill: Callable[[tuple[Tensor, ...]], None], step: Callable[..., Output] | None = None) -> Output:
         """Refill the static inputs of shape ``key`` with ``fill`` and run (or replay) the step.
 
         Args:
-            key: identifies the input shapes (one graph each).
+            key: identifies the step and its input shapes (one graph each).
             blank: allocates this shape's static inputs the first time it is seen, holding values that
                 are safe to run (capture runs the step on them: it must write nothing that matters).
             fill: writes this call's values into the static inputs, in place.
+            step: the step function for this key (default: the one given at construction); it must be
+                the same function whenever the key is.
         Returns:
             the step's output, valid until the next ``run`` with the same key.
         """
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[key] = _Shape(blank())
+            shape = self._shapes[key] = _Shape(step or self.step, blank())
             if self.capture:
                 self._record(shape)
         fill(shape.inputs)
         if shape.graph is not None:
             shape.graph.replay()
             return shape.output
-        result = self.step(*shape.inputs)
-        if shape.output is None or shape.output.shape != result.shape:
-            shape.output = torch.empty_like(result)
-        return shape.output.copy_(result)
+        result = shape.step(*shape.inputs)
+        results = result if isinstance(result, tuple) else (result,)
+        if shape.output is None:
+            shape.output = tuple(torch.empty_like(r) for r in results)
+        for buffer, r in zip(shape.output, results):
+            buffer.copy_(r)
+        return shape.output if isinstance(result, tuple) else shape.output[0]
 
     def _record(self, shape: _Shape) -> None:
         try:
@@ -85,11 +96,11 @@ class StepGraphs:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self.step(*shape.inputs)
+                    shape.step(*shape.inputs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                shape.output = self.step(*shape.inputs)
+                shape.output = shape.step(*shape.inputs)
             shape.graph = graph
             self.captured += 1
         except RuntimeError as error:  # e.g. an operation that cannot be captured: stay correct, run eagerly

@@ -12,7 +12,8 @@ taken as they are when the decoder is built.
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,10 @@ class CachedWhisperDecoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
+
+    @property
+    def static_steps(self) -> bool:
+        return self._steps is not None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -271,3 +276,65 @@ class CachedWhisperDecoder(nn.Module):
         x = self._layers(x, mask, cache)
         x = x.gather(1, output_index[:, :, None].expand(-1, -1, x.shape[-1]))
         return self._logits(self.layer_norm(x))
+
+    @torch.inference_mode()
+    def greedy_round(self, rows: Tensor, tokens: Tensor, start: Tensor, last: Tensor, k: int,
+                     rule: Callable[..., Tensor], rule_inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """k greedy tokens after each of ``rows``' sequences as one fixed-shape computation (needs ``static_steps``).
+
+        On a GPU the whole round is one CUDA graph: k decoder steps, logit rules and argmaxes without a
+        host round trip between them, where a step-by-step draft pays one per token.
+
+        Args:
+            rows: [b] batch rows.
+            tokens: [b, T] what each row's cache lacks, written from position start[r] (T <= MAX_STATIC_TOKENS).
+            start: [b] positions of tokens[:, 0].
+            last: [b] index in T of each row's last real token (the rest is padding).
+            k: tokens to choose per row.
+            rule: ``rule(logits [B, V] float32, positions [B], *rule_inputs) -> logits``, the logit rules for
+                the token at index ``positions`` of each row's full sequence (a module-level function: it
+                names the recorded graph); ``rule_inputs`` are tensors over all B batch rows.
+        Returns:
+            (ids [b, k], q [b, k]: the probability the draft gave each id). The cache then holds each
+            row's tokens and the first k - 1 ids.
+        """
+        batch = self._self_k[0].shape[0]
+        t, device, scratch = tokens.shape[1], self.device, self.max_positions
+        rows, tokens, start, last = rows.to(device), tokens.to(device), start.to(device), last.to(device)
+
+        def blank() -> tuple[Tensor, ...]:
+            return (torch.zeros((batch, t), dtype=torch.long, device=device),
+                    torch.full((batch,), scratch, dtype=torch.long, device=device),
+                    torch.zeros((batch,), dtype=torch.long, device=device),
+                    *(torch.zeros_like(x) for x in rule_inputs))
+
+        def fill(inputs: tuple[Tensor, ...]) -> None:
+            static_tokens, static_start, static_last, *static_rule = inputs
+            static_tokens.zero_()
+            static_start.fill_(scratch)  # rows not drafting run on the scratch slot
+            static_last.zero_()
+            static_tokens[rows] = tokens
+            static_start[rows] = start
+            static_last[rows] = last
+            for buffer, value in zip(static_rule, rule_inputs):
+                buffer.copy_(value)
+
+        ids, q = self._steps.run(("round", t, k, rule), blank, fill,
+                                 step=functools.partial(self._greedy_round, k=k, rule=rule))
+        return ids[rows], q[rows]
+
+    def _greedy_round(self, tokens: Tensor, start: Tensor, last: Tensor, *rule_inputs: Tensor, k: int,
+                      rule: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
+        """The fixed-shape body of ``greedy_round`` over all B rows: ([B, k] ids, [B, k] probabilities)."""
+        logits = self._static_step(tokens, start, last[:, None])[:, 0]
+        positions = start + last + 1  # index of the token being chosen, in each row's sequence
+        ids, probabilities = [], []
+        for j in range(k):
+            logits = rule(logits.float(), positions, *rule_inputs)
+            token = logits.argmax(dim=-1)
+            ids.append(token)
+            probabilities.append(torch.softmax(logits, dim=-1).gather(1, token[:, None])[:, 0])
+            if j + 1 < k:
+                logits = self._static_step(token[:, None], positions, torch.zeros_like(last)[:, None])[:, 0]
+                positions = positions + 1
+        return torch.stack(ids, dim=1), torch.stack(probabilities, dim=1)

@@ -25,11 +25,12 @@ import torch
 from torch import Tensor
 
 from whisper_spec.core.model_roles import ModelDrafter
-from whisper_spec.core.protocols import Drafter
+from whisper_spec.core.prefix_cache import common_prefix_length
+from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 from whisper_spec.core.text_bridge import TextBridgeDrafter, tokenization
-from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.decoder import MAX_STATIC_TOKENS, CachedWhisperDecoder
 from whisper_spec.whisper.features import encode_audio
-from whisper_spec.whisper.logit_rules import SuppressionRules
+from whisper_spec.whisper.logit_rules import SuppressionRules, suppress_at_positions
 from whisper_spec.whisper.prompts import decoder_prompt
 from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
 
@@ -64,6 +65,58 @@ def _stop_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
 
+class RoundDrafter:
+    """A ``ModelDrafter`` whose greedy rounds run as one fixed-shape computation (one CUDA graph on a GPU).
+
+    Step by step, each draft token costs a host round trip (logit rules, argmax, reading the token
+    back) that on a GPU outlasts the small draft's own step. Here the decoder chooses all k tokens on
+    the device (``CachedWhisperDecoder.greedy_round``) and the host reads them once; stop tokens and the
+    confidence threshold then cut each row's draft exactly where the step-by-step drafter stops it.
+    Sampling, rounds longer than ``MAX_STATIC_TOKENS`` to catch up, and anything else go step by step,
+    through the same cache.
+    """
+
+    def __init__(self, inner: ModelDrafter, decoder: CachedWhisperDecoder, rules: SuppressionRules):
+        self.inner = inner
+        self.decoder = decoder
+        self.rule_inputs = rules.tensors(decoder.output_weight.shape[0], decoder.device)
+
+    def propose(self, request: DraftRequest) -> Proposal:
+        cache = self.inner.cache
+        rows = request.rows.tolist()
+        starts = [min(common_prefix_length(cache.cached[r], s), len(s) - 1) for r, s in zip(rows, request.sequences)]
+        feeds = [list(s[start:]) for s, start in zip(request.sequences, starts)]
+        width = max(len(f) for f in feeds)
+        if request.temperature > 0 or request.k < 1 or width > MAX_STATIC_TOKENS:
+            return self.inner.propose(request)
+        tokens = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, feed in enumerate(feeds):
+            tokens[i, : len(feed)] = torch.tensor(feed)
+        ids, q = self.decoder.greedy_round(request.rows, tokens, torch.tensor(starts),
+                                           torch.tensor([len(f) - 1 for f in feeds]), request.k,
+                                           suppress_at_positions, self.rule_inputs)
+        # the same running product, in the same order, as the step-by-step drafter's confidence
+        going_on = (q.cumprod(dim=1) >= request.min_confidence).tolist() if request.min_confidence > 0 else None
+        drafts = []
+        for i, (row, sequence, chosen) in enumerate(zip(rows, request.sequences, ids.tolist())):
+            draft = []
+            for j, token in enumerate(chosen):
+                draft.append(token)
+                if token in self.inner.stop_token_ids or (going_on is not None and not going_on[i][j]):
+                    break
+            drafts.append(draft)
+            cache.cached[row] = list(sequence) + chosen[:-1]
+        return Proposal(tokens=drafts, forward_calls=request.k)
+
+
+def _model_drafter(decoder: CachedWhisperDecoder, batch: WindowBatch, stop_token_ids: Sequence[int]) -> Drafter:
+    """A drafter for a draft decoder that shares the target's tokenizer and rules."""
+    drafter = ModelDrafter(decoder, len(batch.prompts), rules=batch.rules, stop_token_ids=stop_token_ids)
+    if decoder.static_steps and isinstance(batch.rules, SuppressionRules):
+        return RoundDrafter(drafter, decoder, batch.rules)
+    return drafter
+
+
 class SharedEncoderDraft:
     kind = "shared-encoder"
 
@@ -73,8 +126,7 @@ class SharedEncoderDraft:
 
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         self.decoder.begin(batch.target_encoder_hidden)
-        drafter = ModelDrafter(self.decoder, len(batch.prompts), rules=batch.rules, stop_token_ids=[self.eot_token_id])
-        return drafter, 0.0
+        return _model_drafter(self.decoder, batch, [self.eot_token_id]), 0.0
 
 
 class SeparateEncoderDraft:
@@ -87,9 +139,7 @@ class SeparateEncoderDraft:
     def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
         hidden, seconds = encode_audio(self.checkpoint, batch.audio)
         self.decoder.begin(hidden)
-        drafter = ModelDrafter(self.decoder, len(batch.prompts), rules=batch.rules,
-                               stop_token_ids=_stop_ids(self.checkpoint.tokenizer))
-        return drafter, seconds
+        return _model_drafter(self.decoder, batch, _stop_ids(self.checkpoint.tokenizer)), seconds
 
 
 class CrossTokenizerDraft:

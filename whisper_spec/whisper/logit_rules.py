@@ -39,3 +39,23 @@ class SuppressionRules:
                 if 0 <= first_generated < logits.shape[1]:
                     logits[i, first_generated, begin] = -torch.inf
         return logits
+
+    def tensors(self, vocab: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """These rules as the inputs of ``suppress_at_positions``: (prompt lengths [B] long, suppressed [V]
+        bool, suppressed first [V] bool)."""
+        suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
+        suppress[[t for t in self.suppress_tokens if t < vocab]] = True
+        begin = torch.zeros(vocab, dtype=torch.bool, device=device)
+        begin[[t for t in self.begin_suppress_tokens if t < vocab]] = True
+        return torch.tensor(self.prompt_lengths, dtype=torch.long, device=device), suppress, begin
+
+
+def suppress_at_positions(logits: Tensor, positions: Tensor, prompt_lengths: Tensor, suppress: Tensor,
+                          begin: Tensor) -> Tensor:
+    """``SuppressionRules`` as a function of tensors, for one position of every batch row (no host work).
+
+    logits [B, V] choose the token at index ``positions`` [B] of each row's full sequence; the other
+    arguments come from ``SuppressionRules.tensors``. Returns logits with -inf where a rule forbids.
+    """
+    first = (positions == prompt_lengths)[:, None]
+    return logits.masked_fill(suppress[None, :] | (first & begin[None, :]), -torch.inf)
