@@ -10,6 +10,8 @@ memory; and ``StepGraphs`` hands out a buffer that the next step overwrites, as 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.drafts import RoundDrafter
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 from whisper_spec.whisper.features import encode_audio
+from whisper_spec.whisper.logit_rules import SuppressionRules, suppress_at_positions
 
 from conftest import ALLISON, LIBRIVOX
 
@@ -80,6 +83,14 @@ def test_a_fixed_shape_step_traces_as_one_graph_without_host_synchronisation(bas
         traced = step(tokens, start, index)
         eager = static._static_step(tokens, start, index)
     assert torch.equal(traced, eager)
+    # a whole greedy draft round too: k steps, logit rules and argmaxes without a host round trip
+    rules = SuppressionRules((3, 3), suppress_tokens=(1, 2), begin_suppress_tokens=(220, 50257))
+    inputs = rules.tensors(static.output_weight.shape[0], static.device)
+    body = functools.partial(static._greedy_round, k=3, rule=suppress_at_positions)
+    with torch.inference_mode():
+        traced = torch.compile(body, backend="eager", fullgraph=True, dynamic=False)(tokens, start, index[:, 2], *inputs)
+        eager = body(tokens, start, index[:, 2], *inputs)
+    assert traced[0].shape == (2, 3) and all(torch.equal(a, b) for a, b in zip(traced, eager))
     plain = torch.compile(CachedWhisperDecoder(base.model.model.decoder).forward_cached, backend="eager", fullgraph=True)
     with pytest.raises(Exception):
         plain.__self__.begin(hidden[:2])

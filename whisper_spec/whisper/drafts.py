@@ -8,6 +8,8 @@
    its tokens travel to the target as text and are re-tokenized, and back.
 
 Whatever the draft proposes, the target decides, so every kind is lossless; the kinds differ in cost.
+A draft decoder with fixed-shape steps (CUDA graphs) runs each greedy round as one computation
+(``RoundDrafter``).
 ``DRAFT_INT8`` runs draft decoders on int8 weights on a CPU: a draft step reads its weights once, so a
 quarter of the bytes is most of a quarter of the time, and only the proposals can change. It is off by
 default: with it, tiny.en drafting for base measured 1.19-1.22x on full 30-s windows but 0.91-0.95x on
