@@ -23,7 +23,7 @@ class SuppressionRules:
     suppress_tokens: tuple[int, ...]  # ids never generated
     begin_suppress_tokens: tuple[int, ...]  # ids not allowed as the first generated token
     # (vocabulary size, device) -> the suppressed ids as an index tensor there, built once: a list index
-    # would be copied to the device at every call (0.12 -> 0.05 ms a decoding step)
+    # would be rebuilt (and, on a GPU, copied there) at every call (CPU, one position: 0.024 -> 0.009 ms)
     _indices: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def _suppressed(self, vocab: int, device: torch.device) -> Tensor:
