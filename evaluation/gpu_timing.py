@@ -257,7 +257,8 @@ def run_timing(options: TimingOptions = TimingOptions(), on_step=None) -> Timing
                          len(checkpoint.tokenizer))
     baseline = SpeculativeWhisper(checkpoint, static_steps=static)
     speculative = baseline.with_draft(oracle)
-    noise = np.random.default_rng(options.seed).standard_normal(20 * checkpoint.feature_extractor.sampling_rate).astype(np.float32) * 0.1
+    samples = 20 * checkpoint.feature_extractor.sampling_rate
+    noise = np.random.default_rng(options.seed).standard_normal(samples).astype(np.float32) * 0.1
     audio = [noise] * options.batch_size
     window_options = WindowOptions(language="en", draft_length=options.draft_length,
                                    adaptive_draft_length=options.adaptive_draft_length,
@@ -320,7 +321,8 @@ def timing_table(result: TimingResult) -> str:
         "fixed-shape steps, eager" if result.static_steps else "plain path")
     lines = [f"{result.architecture} shapes, random weights, on {result.device} ({result.dtype}), "
              f"batch {result.rows}; per row per token:", "",
-             "| greedy decoding | seconds per decode | ms per token | our last row's speed-up over it |", "|---|---|---|---|"]
+             "| greedy decoding | seconds per decode | ms per token | our last row's speed-up over it |",
+             "|---|---|---|---|"]
     if result.transformers_seconds is not None:
         lines.append(f"| transformers `generate` | {result.transformers_seconds:.3f} | "
                      f"{ms_per_token(result.transformers_seconds):.2f} | "
@@ -367,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import dataclasses
     import json
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.gpu_timing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--architecture", default="large-v3", choices=list(ARCHITECTURES),
@@ -376,8 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probabilities", default="0.5,0.7,0.9",
                         help="comma-separated chances that each oracle token is right (default: %(default)s)")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per window (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed decodes per point, median kept (default: %(default)s)")
-    parser.add_argument("--draft-length", type=int, default=6, help="the most draft tokens a round (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed decodes per point, median kept (default: %(default)s)")
+    parser.add_argument("--draft-length", type=int, default=6,
+                        help="the most draft tokens a round (default: %(default)s)")
     parser.add_argument("--fixed-draft-length", action="store_true", help="always draft --draft-length tokens")
     parser.add_argument("--device", default=TimingOptions.device, help="cuda or cpu (default: %(default)s)")
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
@@ -404,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(tables[-1], flush=True)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        command = "python -m evaluation.gpu_timing " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+        command = "python -m evaluation.gpu_timing " + " ".join(argv if argv is not None else sys.argv[1:])
         (args.out / "timing.md").write_text(f"```\n{command}\n```\n\n" + "\n\n".join(tables) + "\n")
         (args.out / "timing.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     return 0

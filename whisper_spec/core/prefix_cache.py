@@ -55,9 +55,22 @@ class PrefixCache:
         Row i's entry j scores the token after ``sequences[i][: len - n_last[i] + j + 1]``; entries past
         ``n_last[i]`` are padding. Afterwards the cache of each row holds exactly ``sequences[i]``.
         """
-        row_list = rows.tolist()
+        tokens, starts, output_index = self.pending(rows, sequences, n_last)
+        device = self.model.device
+        logits = self.model.forward_cached(rows.to(device), tokens.to(device), starts.to(device), output_index.to(device))
+        for row, sequence in zip(rows.tolist(), sequences):
+            self.cached[row] = list(sequence)
+        return logits
+
+    def pending(self, rows: Tensor, sequences: Sequence[Sequence[int]],
+                n_last: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """What the model must read for ``logits`` (which feeds it exactly this), on the CPU.
+
+        Returns (tokens [b, T]: each row's suffix its cache lacks, padded; start [b]: the position of
+        each row's first token; output_index [b, max(n_last)]: indices into T of the wanted positions).
+        """
         starts, feeds = [], []
-        for row, sequence, last in zip(row_list, sequences, n_last):
+        for row, sequence, last in zip(rows.tolist(), sequences, n_last):
             if not 1 <= last <= len(sequence):
                 raise ValueError(f"need 1 <= n_last <= len(sequence), got {last} for length {len(sequence)}")
             start = min(common_prefix_length(self.cached[row], sequence), len(sequence) - last)
@@ -72,9 +85,4 @@ class PrefixCache:
             first = len(feed) - last
             # padding entries repeat the last real index: harmless, and they are never read
             output_index[i] = torch.arange(first, first + n_out).clamp_max(len(feed) - 1)
-        device = self.model.device
-        logits = self.model.forward_cached(
-            rows.to(device), tokens.to(device), torch.tensor(starts, device=device), output_index.to(device))
-        for row, sequence in zip(row_list, sequences):
-            self.cached[row] = list(sequence)
-        return logits
+        return tokens, torch.tensor(starts, dtype=torch.long), output_index

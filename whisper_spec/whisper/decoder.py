@@ -227,31 +227,34 @@ class CachedWhisperDecoder(nn.Module):
         return self._head(x.reshape(b * outputs, -1))[0].view(b, outputs, -1)
 
     def _static_call(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
-        """``forward_cached`` through a fixed-shape step of the whole batch (see ``static_steps``).
+        """``forward_cached`` through a fixed-shape step of the whole batch (see ``static_steps``)."""
+        key = ("step", tokens.shape[1], output_index.shape[1])
+        logits = self._run_static(key, self._static_step, rows,
+                                  [(tokens, 0), (start, self.max_positions), (output_index, 0)])
+        return logits[rows]  # a copy: the step's output buffer is overwritten by the next step
 
-        Rows not in ``rows`` run too, on padding that writes only the scratch slot, so that the step's
-        shape depends on (T, N) alone.
+    def _run_static(self, key: tuple, step: Callable, rows: Tensor, per_row: Sequence[tuple[Tensor, int]],
+                    shared: Sequence[Tensor] = ()):
+        """Run ``step`` on static inputs of the whole batch (one CUDA graph per ``key`` on a GPU).
+
+        Each ``per_row`` tensor [b, ...] is written at ``rows`` of a [B, ...] input that holds its pad value
+        elsewhere: rows not in ``rows`` start at the scratch slot, so they write nothing that is read, and
+        the step's shape does not depend on which rows are decoding. ``shared`` tensors are copied whole.
         """
         batch = self._self_k[0].shape[0]
-        t, outputs = tokens.shape[1], output_index.shape[1]
-        device, scratch = self.device, self.max_positions
 
         def blank() -> tuple[Tensor, ...]:
-            return (torch.zeros((batch, t), dtype=torch.long, device=device),
-                    torch.full((batch,), scratch, dtype=torch.long, device=device),
-                    torch.zeros((batch, outputs), dtype=torch.long, device=device))
+            return (*(torch.full((batch, *x.shape[1:]), pad, dtype=x.dtype, device=self.device) for x, pad in per_row),
+                    *(torch.zeros_like(x) for x in shared))
 
         def fill(inputs: tuple[Tensor, ...]) -> None:
-            static_tokens, static_start, static_index = inputs
-            static_tokens.zero_()
-            static_start.fill_(scratch)
-            static_index.zero_()
-            static_tokens[rows] = tokens
-            static_start[rows] = start
-            static_index[rows] = output_index
+            for buffer, (x, pad) in zip(inputs, per_row):
+                buffer.fill_(pad)
+                buffer[rows] = x
+            for buffer, x in zip(inputs[len(per_row):], shared):
+                buffer.copy_(x)
 
-        # indexing copies the rows out of the step's output buffer, which the next step overwrites
-        return self._steps.run((batch, t, outputs), blank, fill)[rows]
+        return self._steps.run(key, blank, fill, step)
 
     def _static_step(self, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
         """One decoding step of the whole batch with shapes fixed by (B, T, N) and no host synchronisation.
@@ -298,29 +301,11 @@ class CachedWhisperDecoder(nn.Module):
             (ids [b, k], q [b, k]: the probability the draft gave each id). The cache then holds each
             row's tokens and the first k - 1 ids.
         """
-        batch = self._self_k[0].shape[0]
-        t, device, scratch = tokens.shape[1], self.device, self.max_positions
+        device = self.device
         rows, tokens, start, last = rows.to(device), tokens.to(device), start.to(device), last.to(device)
-
-        def blank() -> tuple[Tensor, ...]:
-            return (torch.zeros((batch, t), dtype=torch.long, device=device),
-                    torch.full((batch,), scratch, dtype=torch.long, device=device),
-                    torch.zeros((batch,), dtype=torch.long, device=device),
-                    *(torch.zeros_like(x) for x in rule_inputs))
-
-        def fill(inputs: tuple[Tensor, ...]) -> None:
-            static_tokens, static_start, static_last, *static_rule = inputs
-            static_tokens.zero_()
-            static_start.fill_(scratch)  # rows not drafting run on the scratch slot
-            static_last.zero_()
-            static_tokens[rows] = tokens
-            static_start[rows] = start
-            static_last[rows] = last
-            for buffer, value in zip(static_rule, rule_inputs):
-                buffer.copy_(value)
-
-        ids, q = self._steps.run(("round", t, k, rule), blank, fill,
-                                 step=functools.partial(self._greedy_round, k=k, rule=rule))
+        body = functools.partial(self._greedy_round, k=k, rule=rule)
+        ids, q = self._run_static(("round", tokens.shape[1], k, rule), body, rows,
+                                  [(tokens, 0), (start, self.max_positions), (last, 0)], rule_inputs)
         return ids[rows], q[rows]
 
     def _greedy_round(self, tokens: Tensor, start: Tensor, last: Tensor, *rule_inputs: Tensor, k: int,

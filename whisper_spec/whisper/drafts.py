@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from whisper_spec.core.model_roles import ModelDrafter
-from whisper_spec.core.prefix_cache import common_prefix_length
 from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 from whisper_spec.core.text_bridge import TextBridgeDrafter, tokenization
 from whisper_spec.whisper.decoder import MAX_STATIC_TOKENS, CachedWhisperDecoder
@@ -85,22 +84,15 @@ class RoundDrafter:
 
     def propose(self, request: DraftRequest) -> Proposal:
         cache = self.inner.cache
-        rows = request.rows.tolist()
-        starts = [min(common_prefix_length(cache.cached[r], s), len(s) - 1) for r, s in zip(rows, request.sequences)]
-        feeds = [list(s[start:]) for s, start in zip(request.sequences, starts)]
-        width = max(len(f) for f in feeds)
-        if request.temperature > 0 or request.k < 1 or width > MAX_STATIC_TOKENS:
+        tokens, start, last = cache.pending(request.rows, request.sequences, [1] * len(request.sequences))
+        if request.temperature > 0 or request.k < 1 or tokens.shape[1] > MAX_STATIC_TOKENS:
             return self.inner.propose(request)
-        tokens = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, feed in enumerate(feeds):
-            tokens[i, : len(feed)] = torch.tensor(feed)
-        ids, q = self.decoder.greedy_round(request.rows, tokens, torch.tensor(starts),
-                                           torch.tensor([len(f) - 1 for f in feeds]), request.k,
+        ids, q = self.decoder.greedy_round(request.rows, tokens, start, last[:, 0], request.k,
                                            suppress_at_positions, self.rule_inputs)
         # the same running product, in the same order, as the step-by-step drafter's confidence
         going_on = (q.cumprod(dim=1) >= request.min_confidence).tolist() if request.min_confidence > 0 else None
         drafts = []
-        for i, (row, sequence, chosen) in enumerate(zip(rows, request.sequences, ids.tolist())):
+        for i, (row, sequence, chosen) in enumerate(zip(request.rows.tolist(), request.sequences, ids.tolist())):
             draft = []
             for j, token in enumerate(chosen):
                 draft.append(token)
