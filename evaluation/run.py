@@ -89,6 +89,7 @@ class EvalOptions:
     device: str = "cpu"
     dtype: torch.dtype | None = None  # default float16 on CUDA, float32 on CPU
     measure_memory: bool = True  # probe peak memory during each timed call
+    cuda_graphs: bool = False  # ours on CUDA: decoding steps replayed as CUDA graphs (see load_pipeline)
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -186,7 +187,8 @@ class _OursRunner:
     def __init__(self, configuration: Configuration, options: EvalOptions):
         self.configuration = configuration
         self.options = options
-        engine = load_pipeline(configuration.target, configuration.draft, options.device, options.resolved_dtype)
+        engine = load_pipeline(configuration.target, configuration.draft, options.device, options.resolved_dtype,
+                               options.cuda_graphs)
         # a draft holds its own checkpoint (separate encoder, other tokenizer) or a decoder module (shared
         # encoder); either way its parameters are what it adds to the target's
         draft_parts = [getattr(engine.draft, "checkpoint", None), getattr(engine.draft, "decoder", None)]
@@ -198,7 +200,8 @@ class _OursRunner:
         # One plain greedy window, as transformers' short-form generate decodes it: without the long-form
         # rules that drop silent windows or repetition loops, which the peers do not apply.
         result = transcribe(samples, self.configuration.target, self.configuration.draft, device=options.device,
-                            dtype=options.resolved_dtype, language=language, draft_length=options.draft_length,
+                            dtype=options.resolved_dtype, cuda_graphs=options.cuda_graphs, language=language,
+                            draft_length=options.draft_length,
                             adaptive_draft_length=options.adaptive_draft_length, timestamps=False,
                             no_speech_threshold=None, logprob_threshold=None, compression_ratio_threshold=None)
         stats = result.stats

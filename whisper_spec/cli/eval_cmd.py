@@ -50,6 +50,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="model precision (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="ours on a CUDA device: replay decoding steps as CUDA graphs (ignored on a CPU)")
     parser.add_argument("--no-memory", action="store_true",
                         help="do not probe peak memory during the timed calls")
     parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
@@ -145,7 +147,7 @@ def run(args) -> int:
         options = EvalOptions(
             draft_length=args.draft_length, adaptive_draft_length=not args.fixed_draft_length, repeats=args.repeats,
             warmup=not args.no_warmup, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
-            measure_memory=not args.no_memory)
+            measure_memory=not args.no_memory, cuda_graphs=args.cuda_graphs)
         timing_options = _timing_options(args) if (args.timing or args.timing_only) else None
     except ValueError as error:
         print(f"whisper-spec eval: {error}", file=sys.stderr)
