@@ -10,6 +10,7 @@ memory; and ``StepGraphs`` hands out a buffer that the next step overwrites, as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -191,3 +192,62 @@ def test_cuda_graphs_are_ignored_on_a_cpu_where_the_plain_path_is_faster():
 
     engine = load_pipeline("base", "layers:0,5", "cpu", None, cuda_graphs=True)
     assert engine.decoder._steps is None and engine.draft.decoder._steps is None
+
+
+def test_step_graphs_record_once_then_replay_and_fall_back_when_capture_fails(monkeypatch):
+    """The capture path, with torch.cuda's graph API replaced by recorders (no GPU here): a shape is warmed
+    up and recorded once, later calls only refill its inputs and replay; a step that cannot be captured
+    warns and runs eagerly from then on."""
+    events = []
+    capturing = []
+
+    class FakeStream:
+        def wait_stream(self, other):
+            events.append("wait")
+
+    class FakeGraph:
+        def replay(self):
+            events.append("replay")
+
+    class Capture:
+        def __init__(self, graph, pool=None):
+            events.append(("capture", pool))
+
+        def __enter__(self):
+            capturing.append(True)
+            return self
+
+        def __exit__(self, *exc):
+            capturing.pop()
+            return False
+
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+
+    def step(x):
+        events.append("step")
+        return x + 1
+
+    graphs = StepGraphs(step, capture=True)
+    first = graphs.run("k", lambda: (torch.zeros(2),), lambda inputs: inputs[0].fill_(3.0))
+    assert events.count("step") == 3 and ("capture", "pool") in events  # two warm-ups, one recording
+    assert events[-1] == "replay" and graphs.captured == 1
+    events.clear()
+    again = graphs.run("k", lambda: pytest.fail("inputs are allocated once"), lambda inputs: inputs[0].fill_(5.0))
+    assert events == ["replay"] and again is first  # the recorded output buffer, refilled by the replay
+
+    def uncapturable(x):
+        if capturing:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        return x * 2
+
+    fallback = StepGraphs(uncapturable, capture=True)
+    with pytest.warns(UserWarning, match="not permitted"):
+        out = fallback.run("k", lambda: (torch.zeros(2),), lambda inputs: inputs[0].fill_(4.0))
+    assert torch.equal(out, torch.full((2,), 8.0))  # the same result, launched eagerly
+    assert fallback.failures == ["operation not permitted when stream is capturing"] and fallback.captured == 0
+    assert torch.equal(fallback.run("k", pytest.fail, lambda inputs: inputs[0].fill_(1.0)), torch.full((2,), 2.0))
