@@ -89,10 +89,12 @@ def test_a_fixed_shape_step_traces_as_one_graph_without_host_synchronisation(bas
     inputs = rules.tensors(static.output_weight.shape[0], static.device)
     body = functools.partial(static._greedy_round, k=3, rule=suppress_at_positions)
     with torch.inference_mode():
-        traced = torch.compile(body, backend="eager", fullgraph=True, dynamic=False)(tokens, start, index[:, 2], *inputs)
+        compiled = torch.compile(body, backend="eager", fullgraph=True, dynamic=False)
+        traced = compiled(tokens, start, index[:, 2], *inputs)
         eager = body(tokens, start, index[:, 2], *inputs)
     assert traced[0].shape == (2, 3) and all(torch.equal(a, b) for a, b in zip(traced, eager))
-    plain = torch.compile(CachedWhisperDecoder(base.model.model.decoder).forward_cached, backend="eager", fullgraph=True)
+    plain = torch.compile(CachedWhisperDecoder(base.model.model.decoder).forward_cached, backend="eager",
+                          fullgraph=True)
     with pytest.raises(Exception):
         plain.__self__.begin(hidden[:2])
         with torch.inference_mode():
@@ -122,7 +124,7 @@ def test_step_graphs_keep_static_inputs_per_shape_and_overwrite_their_output():
         calls.append(x.shape)
         return x * 2
 
-    graphs = StepGraphs(step, capture=False)
+    graphs = StepGraphs(capture=False)
     blanks = []
 
     def blank(n):
@@ -134,15 +136,15 @@ def test_step_graphs_keep_static_inputs_per_shape_and_overwrite_their_output():
     def fill(value):
         return lambda inputs: inputs[0].fill_(value)
 
-    a = graphs.run(3, blank(3), fill(1.0))
+    a = graphs.run(3, step, blank(3), fill(1.0))
     assert torch.equal(a, torch.full((3,), 2.0))
-    b = graphs.run(3, blank(3), fill(5.0))
+    b = graphs.run(3, step, blank(3), fill(5.0))
     assert b.data_ptr() == a.data_ptr() and torch.equal(a, torch.full((3,), 10.0))  # a replay overwrites
-    c = graphs.run(2, blank(2), fill(1.0))
+    c = graphs.run(2, step, blank(2), fill(1.0))
     assert torch.equal(c, torch.full((2,), 2.0)) and torch.equal(a, torch.full((3,), 10.0))
     assert blanks == [3, 2]  # static inputs allocated once per shape
     graphs.clear()
-    graphs.run(3, blank(3), fill(1.0))
+    graphs.run(3, step, blank(3), fill(1.0))
     assert blanks == [3, 2, 3] and graphs.captured == 0 and not graphs.failures
 
 
@@ -154,7 +156,8 @@ def test_a_draft_round_in_one_computation_proposes_what_step_by_step_drafting_do
     decoder = base.model.model.decoder
     engine = SpeculativeWhisper(base)
     audio = [load_audio(c) for c in CLIPS]
-    transcripts = [list(w.tokens) + [engine.eot_token_id] for w in engine.decode_windows(audio, WindowOptions(language="en"))]
+    windows = engine.decode_windows(audio, WindowOptions(language="en"))
+    transcripts = [list(w.tokens) + [engine.eot_token_id] for w in windows]
     prompt = [50258, 50259, 50359, 50363]
     rules = engine.logit_rules([len(prompt)] * 3, timestamps=False)
     drafters = []
@@ -232,12 +235,12 @@ def test_step_graphs_record_once_then_replay_and_fall_back_when_capture_fails(mo
         events.append("step")
         return x + 1
 
-    graphs = StepGraphs(step, capture=True)
-    first = graphs.run("k", lambda: (torch.zeros(2),), lambda inputs: inputs[0].fill_(3.0))
+    graphs = StepGraphs(capture=True)
+    first = graphs.run("k", step, lambda: (torch.zeros(2),), lambda inputs: inputs[0].fill_(3.0))
     assert events.count("step") == 3 and ("capture", "pool") in events  # two warm-ups, one recording
     assert events[-1] == "replay" and graphs.captured == 1
     events.clear()
-    again = graphs.run("k", lambda: pytest.fail("inputs are allocated once"), lambda inputs: inputs[0].fill_(5.0))
+    again = graphs.run("k", step, lambda: pytest.fail("inputs are allocated once"), lambda inputs: inputs[0].fill_(5.0))
     assert events == ["replay"] and again is first  # the recorded output buffer, refilled by the replay
 
     def uncapturable(x):
@@ -245,9 +248,10 @@ def test_step_graphs_record_once_then_replay_and_fall_back_when_capture_fails(mo
             raise RuntimeError("operation not permitted when stream is capturing\nmore")
         return x * 2
 
-    fallback = StepGraphs(uncapturable, capture=True)
+    fallback = StepGraphs(capture=True)
     with pytest.warns(UserWarning, match="not permitted"):
-        out = fallback.run("k", lambda: (torch.zeros(2),), lambda inputs: inputs[0].fill_(4.0))
+        out = fallback.run("k", uncapturable, lambda: (torch.zeros(2),), lambda inputs: inputs[0].fill_(4.0))
     assert torch.equal(out, torch.full((2,), 8.0))  # the same result, launched eagerly
     assert fallback.failures == ["operation not permitted when stream is capturing"] and fallback.captured == 0
-    assert torch.equal(fallback.run("k", pytest.fail, lambda inputs: inputs[0].fill_(1.0)), torch.full((2,), 2.0))
+    again = fallback.run("k", uncapturable, pytest.fail, lambda inputs: inputs[0].fill_(1.0))
+    assert torch.equal(again, torch.full((2,), 2.0))

@@ -38,15 +38,8 @@ class StepGraphs:
     """Runs steps ``step(*inputs) -> Tensor (or tuple of Tensors)`` on static inputs, one CUDA graph per
     key when ``capture``."""
 
-    def __init__(self, step: Callable[..., Output], capture: bool):
-        """
-        Args:
-            step: the default step function: a function of tensors without host synchronisation (no
-                ``.item()``, ``.tolist()`` or shape that depends on values), reading only tensors that
-                stay at their address (``run`` may name another for a key).
-            capture: record CUDA graphs (the step's device must be CUDA); False runs it eagerly.
-        """
-        self.step = step
+    def __init__(self, capture: bool):
+        """``capture``: record CUDA graphs (the steps' device must be CUDA); False runs them eagerly."""
         self.capture = capture
         self._shapes: dict[Hashable, _Shape] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
@@ -57,23 +50,24 @@ class StepGraphs:
         """Forget every shape (call when a tensor the step reads has been reallocated)."""
         self._shapes.clear()
 
-    def run(self, key: Hashable, blank: Callable[[], tuple[Tensor, ...]],
-            fill: Callable[[tuple[Tensor, ...]], None], step: Callable[..., Output] | None = None) -> Output:
-        """Refill the static inputs of shape ``key`` with ``fill`` and run (or replay) the step.
+    def run(self, key: Hashable, step: Callable[..., Output], blank: Callable[[], tuple[Tensor, ...]],
+            fill: Callable[[tuple[Tensor, ...]], None]) -> Output:
+        """Refill the static inputs of shape ``key`` with ``fill`` and run (or replay) ``step`` on them.
 
         Args:
             key: identifies the step and its input shapes (one graph each).
+            step: a function of tensors without host synchronisation (no ``.item()``, ``.tolist()`` or
+                shape that depends on values), reading only tensors that stay at their address; the same
+                function whenever the key is (only its first call for a key is used).
             blank: allocates this shape's static inputs the first time it is seen, holding values that
                 are safe to run (capture runs the step on them: it must write nothing that matters).
             fill: writes this call's values into the static inputs, in place.
-            step: the step function for this key (default: the one given at construction); it must be
-                the same function whenever the key is.
         Returns:
             the step's output, valid until the next ``run`` with the same key.
         """
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[key] = _Shape(step or self.step, blank())
+            shape = self._shapes[key] = _Shape(step, blank())
             if self.capture:
                 self._record(shape)
         fill(shape.inputs)

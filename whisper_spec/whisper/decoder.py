@@ -78,7 +78,7 @@ class CachedWhisperDecoder(nn.Module):
         # [B, P+1, D] the final (layer-normed) hidden state at every position read, when ``begin`` asks
         # for it: what a feature-level draft predicts from (see ``distill.model``)
         self.hidden_states: Tensor | None = None
-        self._steps = (StepGraphs(self._static_step, capture=self.device.type == "cuda") if static_steps else None)
+        self._steps = StepGraphs(capture=self.device.type == "cuda") if static_steps else None
 
     @property
     def device(self) -> torch.device:
@@ -254,7 +254,7 @@ class CachedWhisperDecoder(nn.Module):
             for buffer, x in zip(inputs[len(per_row):], shared):
                 buffer.copy_(x)
 
-        return self._steps.run(key, blank, fill, step)
+        return self._steps.run(key, step, blank, fill)
 
     def _static_step(self, tokens: Tensor, start: Tensor, output_index: Tensor) -> Tensor:
         """One decoding step of the whole batch with shapes fixed by (B, T, N) and no host synchronisation.

@@ -51,7 +51,7 @@ class SuppressionRules:
         """These rules as the inputs of ``suppress_at_positions``: (prompt lengths [B] long, suppressed [V]
         bool, suppressed first [V] bool)."""
         suppress = torch.zeros(vocab, dtype=torch.bool, device=device)
-        suppress[[t for t in self.suppress_tokens if t < vocab]] = True
+        suppress[self._suppressed(vocab, device)] = True
         begin = torch.zeros(vocab, dtype=torch.bool, device=device)
         begin[[t for t in self.begin_suppress_tokens if t < vocab]] = True
         return torch.tensor(self.prompt_lengths, dtype=torch.long, device=device), suppress, begin
