@@ -1,8 +1,9 @@
 """The Gradio demo: the same audio decoded with and without a draft, side by side.
 
 Start it with ``python -m demo.app`` (``--help`` lists the options). Every transcription goes through
-``whisper_spec.transcribe.transcribe()``, twice: once with the preset's draft (speculative) and once
-with ``draft=None`` (the target alone, the baseline). The page shows both transcripts, their wall time
+``WhisperModel.transcribe``, twice: once with the preset's draft (speculative) and once with the same
+loaded target alone (the baseline); the page keeps one such pair per preset, loaded on first use.
+The page shows both transcripts, their wall time
 and real-time factor, the speed-up, whether the token ids are identical, which tokens the target
 accepted from the draft, and the accepted-length histogram.
 """
@@ -15,10 +16,10 @@ import logging
 import queue
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import gradio as gr
 import numpy as np
@@ -28,12 +29,13 @@ from matplotlib.ticker import MaxNLocator
 
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.core.stats import SpeculationStats
-from whisper_spec.generate import DEFAULT_DRAFTS, Generation, generate
+from whisper_spec.generation import DEFAULT_DRAFTS, Generation, generate
+from whisper_spec.model import WhisperModel
 from whisper_spec.output_formats import write_outputs
 from whisper_spec.presets import DEFAULT_PRESET, PRESETS
 from whisper_spec.text.checkpoints import bundled_text_models
 from whisper_spec.text.drafts import PROMPT_LOOKUP
-from whisper_spec.transcribe import Transcription, load_pipeline, resolve_models, transcribe
+from whisper_spec.transcription import Transcription
 
 log = logging.getLogger("demo")
 
@@ -104,30 +106,49 @@ def checked_audio(path: str | None, config: DemoConfig) -> np.ndarray:
     return samples
 
 
-def compare(samples: np.ndarray, preset: str, config: DemoConfig) -> SpeechComparison:
+class SpeechModels:
+    """The page's loaded models: per preset, the speculative model and the baseline on the same weights.
+
+    Loaded on first use and kept, so that each learns what its draft costs on this machine.
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self._pairs: dict[str, tuple[WhisperModel, WhisperModel]] = {}
+        self._lock = threading.Lock()
+
+    def pair(self, preset: str) -> tuple[WhisperModel, WhisperModel]:
+        """(speculative, baseline) for ``preset``; raises UserError when its models cannot load here."""
+        if preset not in PRESETS:
+            raise UserError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
+        with self._lock:
+            if preset not in self._pairs:
+                try:
+                    speculative = WhisperModel(preset=preset, device=self.device)
+                except OSError as error:  # a hub checkpoint on a machine without the hub, a missing cache
+                    raise UserError(f"The models of preset “{preset}” could not be loaded here: {error}") from error
+                self._pairs[preset] = (speculative, speculative.with_draft(None))
+            return self._pairs[preset]
+
+
+def compare(samples: np.ndarray, preset: str, models: SpeechModels) -> SpeechComparison:
     """Transcribe ``samples`` with the preset's draft and without one (the speculative run goes first)."""
-    if preset not in PRESETS:
-        raise UserError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
-    target, draft = resolve_models(preset, None, "default")
-    try:
-        speculative = transcribe(samples, target, draft, device=config.device, timestamps=True)
-        baseline = transcribe(samples, target, None, device=config.device, timestamps=True)
-    except OSError as error:  # a hub checkpoint on a machine without the hub, a missing cache
-        raise UserError(f"The models of preset “{preset}” could not be loaded here: {error}") from error
-    tokenizer = load_pipeline(target, None, config.device).target.tokenizer
+    speculative_model, baseline_model = models.pair(preset)
+    speculative = speculative_model.transcribe(samples, timestamps=True)
+    baseline = baseline_model.transcribe(samples, timestamps=True)
     sources = [Source.DRAFT if drafted else Source.TARGET for drafted in speculative.from_draft]
-    pieces = _pieces(tokenizer, speculative.tokens, sources) if len(sources) == len(speculative.tokens) else None
+    pieces = (_pieces(speculative_model.checkpoint, speculative.tokens, sources)
+              if len(sources) == len(speculative.tokens) else None)
     return SpeechComparison(speculative, baseline, pieces)
 
 
-def _pieces(tokenizer, tokens: Sequence[int], sources: Sequence[Source]) -> tuple[tuple[str, Source], ...]:
+def _pieces(checkpoint, tokens: Sequence[int], sources: Sequence[Source]) -> tuple[tuple[str, Source], ...]:
     """Each token's share of the decoded text (decoding prefixes keeps multi-byte characters whole)."""
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     pieces = []
     text_so_far = ""
     for i, source in enumerate(sources):
-        # every id from end-of-text up is a special token (timestamps included): no text of its own
-        text = tokenizer.decode([t for t in tokens[: i + 1] if t < eot])
+        # special tokens (timestamps included) have no text of their own
+        text = checkpoint.tokenizer.decode(checkpoint.tokens.text_ids(tokens[: i + 1]))
         if text != text_so_far and text.startswith(text_so_far):
             pieces.append((text[len(text_so_far):], source))
             text_so_far = text
@@ -205,10 +226,10 @@ def subtitle_files(result: Transcription, name: str, downloads: Path) -> list[st
 EMPTY_SPEECH_OUTPUTS = ("", "", "", "", "", None, "", None, [], None)  # everything after the status line
 
 
-def run_speech(audio_path: str | None, preset: str, config: DemoConfig, downloads: Path):
+def run_speech(audio_path: str | None, preset: str, config: DemoConfig, models: SpeechModels, downloads: Path):
     """The Transcribe button: every output of the speech tab, or a friendly message and empty outputs."""
     try:
-        comparison = compare(checked_audio(audio_path, config), preset, config)
+        comparison = compare(checked_audio(audio_path, config), preset, models)
     except UserError as error:
         return (f"⚠️ {error}",) + EMPTY_SPEECH_OUTPUTS
     except Exception:  # the page must keep serving; the traceback goes to the server log
@@ -268,8 +289,9 @@ def run_text(prompt: str, target: str, draft: str, max_new_tokens: int, config: 
         for which in (draft, None):
             text = ""
             label = f"with draft `{draft}`" if which else "with the target alone"
-            for item in _streamed(lambda on_text: generate(messages, target, which, device=config.device,
-                                                           max_new_tokens=int(max_new_tokens), on_text=on_text)):
+            for item in _streamed(lambda on_text, which=which: generate(
+                    messages, target, which, device=config.device, max_new_tokens=int(max_new_tokens),
+                    on_text=on_text)):
                 if isinstance(item, Generation):
                     results[which] = item
                     break
@@ -292,7 +314,8 @@ def run_text(prompt: str, target: str, draft: str, max_new_tokens: int, config: 
 
 
 
-def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
+def build_app(config: DemoConfig = DemoConfig(), models: SpeechModels | None = None) -> gr.Blocks:
+    models = models or SpeechModels(config.device)
     preset_choices = [(f"{name} — {preset.note}", name) for name, preset in PRESETS.items()]
     with gr.Blocks(title="whisper-spec: speculative decoding demo", analytics_enabled=False) as app:
         gr.Markdown("# whisper-spec\nLossless speculative decoding for Whisper: a small draft proposes tokens, "
@@ -359,7 +382,8 @@ def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
 
         downloads_folder = Path(tempfile.mkdtemp(prefix="whisper-spec-demo-"))
         # both buttons share one slot: the models are shared and a CPU has no room for two decodes at once
-        button.click(functools.partial(run_speech, config=config, downloads=downloads_folder), inputs=[audio, preset],
+        button.click(functools.partial(run_speech, config=config, models=models, downloads=downloads_folder),
+                     inputs=[audio, preset],
                      outputs=[status, verdict, spec_text, spec_timing, base_text, base_timing, tokens, acceptance,
                               histogram, segments, downloads],
                      concurrency_limit=config.concurrency_limit, concurrency_id="models")
@@ -372,12 +396,6 @@ def build_app(config: DemoConfig = DemoConfig()) -> gr.Blocks:
     return app
 
 
-def warm_up(config: DemoConfig) -> None:
-    """Load the default preset's models before the first visitor, so the first timings are fair."""
-    target, draft = resolve_models(config.default_preset, None, "default")
-    load_pipeline(target, None, config.device)
-    if draft is not None:
-        load_pipeline(target, draft, config.device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -404,10 +422,11 @@ def main(argv: list[str] | None = None) -> None:
     config = DemoConfig(max_audio_seconds=args.max_audio_seconds, concurrency_limit=args.concurrency,
                         max_queue=args.max_queue, default_preset=args.preset,
                         default_text_model=args.text_model, device=args.device)
-    if not args.no_warm_up:
+    models = SpeechModels(config.device)
+    if not args.no_warm_up:  # before the first visitor, so that the first timings are fair
         log.info("loading the models of preset %s", config.default_preset)
-        warm_up(config)
-    build_app(config).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=False,
+        models.pair(config.default_preset)
+    build_app(config, models).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=False,
                              quiet=True, footer_links=[], css=CSS)
 
 

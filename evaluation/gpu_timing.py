@@ -23,24 +23,31 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-                          WhisperTokenizerFast)
-from transformers.utils import logging as transformers_logging
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperTokenizerFast,
+)
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
+from transformers.utils import logging as transformers_logging
 
-from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
+from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 from whisper_spec.core.stats import synchronize
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint, load_whisper
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts import SharedEncoderDraft, WindowBatch
+from whisper_spec.whisper.drafts import WindowBatch
+from whisper_spec.whisper.drafts.shared_encoder import SharedEncoderDraft
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 from whisper_spec.whisper.features import log_mel
+from whisper_spec.whisper.tokens import WhisperTokens
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,9 @@ class TimingResult:
 class OracleDraft:
     """A ``WhisperDraft`` whose real draft decoder runs, but whose proposals come from the known answer."""
 
-    kind = "oracle"
+    draft_length = SharedEncoderDraft.draft_length
+    draft_confidence = 0.0
+    reads_target_states = False
 
     def __init__(self, inner: SharedEncoderDraft, vocab_size: int):
         self.inner = inner
@@ -201,7 +210,7 @@ def _random_checkpoint(name: str, architecture: Architecture, device: str, dtype
     with torch.device(device):
         target = WhisperForConditionalGeneration(architecture.config(vocab, architecture.decoder_layers))
         draft = WhisperDecoder(architecture.config(vocab, architecture.draft_decoder_layers))
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eot = WhisperTokens.of(tokenizer, generation_config).eot
     with torch.no_grad():
         for embedding in (target.model.decoder.embed_tokens, draft.embed_tokens):
             embedding.weight[eot] = 0
@@ -414,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=getattr(torch, args.dtype) if args.dtype else None,
             static_steps={"auto": None, "on": True, "off": False}[args.static_steps],
             transformers_greedy=not args.no_transformers, vocabulary=args.vocabulary)
-        result = run_timing(options, on_step=lambda label: print(f"  batch {batch}: {label} done", flush=True))
+        result = run_timing(options, on_step=lambda label, batch=batch: print(f"  batch {batch}: {label} done",
+                                                                              flush=True))
         tables.append(timing_table(result))
         results.append(dataclasses.asdict(result))
         print(tables[-1], flush=True)

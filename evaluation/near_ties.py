@@ -22,18 +22,17 @@ import torch
 from evaluation.manifests import allison_manifest, librivox_manifest
 from whisper_spec.audio import load_audio
 from whisper_spec.core.prefix_cache import PrefixCache
-from whisper_spec.transcribe import load_pipeline
+from whisper_spec.model import WhisperModel
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.near_ties import default_margin
-from whisper_spec.whisper.prompts import decoder_prompt
 
 
 def rounding(engine: SpeculativeWhisper, audio, tokens: list[int]) -> tuple[float, int]:
     """(largest top-two margin change, argmax flips) between steps and one pass over ``tokens``."""
     hidden, _ = encode_audio(engine.target, [audio])
     engine.decoder.begin(hidden)
-    prompt = list(decoder_prompt(engine.target.generation_config, "en", "transcribe"))
+    prompt = engine.tokens.prompt("en", "transcribe")
     sequence = prompt + tokens
     row = torch.tensor([0])
     steps = PrefixCache(engine.decoder, 1)
@@ -67,7 +66,8 @@ def main() -> None:
     for name in args.dtype.split(","):
         dtype = getattr(torch, name)
         margin = default_margin(dtype)
-        base = load_pipeline(args.target, None, args.device, dtype)
+        model = WhisperModel(args.target, None, device=args.device, dtype=dtype)
+        base = model.engine
         off = WindowOptions(language="en", draft_length=args.draft_length, adaptive_draft_length=False,
                             near_tie_margin=0.0)
         on = WindowOptions(language="en", draft_length=args.draft_length, adaptive_draft_length=False)
@@ -79,12 +79,13 @@ def main() -> None:
               f"{tokens} tokens; default near_tie_margin {margin}\n")
         print(f"rounding (teacher-forced, steps vs one pass): largest top-two margin change {max(changes):.4f}; "
               f"argmax flips at {sum(flips)} of {tokens} positions, in {sum(f > 0 for f in flips)} files")
-        print(f"greedy with the rule == greedy without it: {sum(a.tokens == b.tokens for a, b in zip(greedy_on, greedy_off))}"
+        same = sum(a.tokens == b.tokens for a, b in zip(greedy_on, greedy_off))
+        print(f"greedy with the rule == greedy without it: {same}"
               f"/{len(clips)} files; positions rescored in greedy: {sum(w.stats.rescored for w in greedy_on)}\n")
         print("| draft | parity without the rule | parity with the rule | positions rescored |")
         print("|---|---:|---:|---:|")
         for draft in drafts:
-            engine = load_pipeline(args.target, draft, args.device, dtype)
+            engine = model.with_draft(draft).engine
             spec_off = [engine.decode_windows([c], off)[0] for c in clips]
             spec_on = [engine.decode_windows([c], on)[0] for c in clips]
             same_off = sum(s.tokens == g.tokens for s, g in zip(spec_off, greedy_off))

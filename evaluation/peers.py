@@ -70,7 +70,6 @@ class TransformersPeer:
         self._target_calls = _CallCounter(self.checkpoint.model.model.decoder)
         self._draft_calls = _CallCounter(self.assistant.model.decoder) if self.assistant is not None else None
         tokenizer = self.checkpoint.tokenizer
-        self._eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self._specials = frozenset(tokenizer.all_special_ids)
 
     @torch.inference_mode()
@@ -83,8 +82,7 @@ class TransformersPeer:
         features = features.to(device=model.device, dtype=model.dtype)
         target_before = self._target_calls.calls
         draft_before = self._draft_calls.calls if self._draft_calls else 0
-        multilingual = getattr(checkpoint.generation_config, "is_multilingual", False)
-        kwargs = {"language": language} if language and multilingual else {}
+        kwargs = {"language": language} if language and checkpoint.tokens.multilingual else {}
         if self.assistant is not None:  # an explicit assistant_model=None breaks Whisper's generate()
             kwargs["assistant_model"] = self.assistant
         verbosity = transformers_logging.get_verbosity()

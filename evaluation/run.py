@@ -2,7 +2,7 @@
 
 A configuration is a decoder of one of two kinds on a target with an optional draft:
 
-- ``ours:TARGET[+DRAFT]``: ``whisper_spec.transcribe`` (the package's one public entry point); without a
+- ``ours:TARGET[+DRAFT]``: ``WhisperModel.transcribe`` (the package's public entry point); without a
   draft it is the baseline, the target's plain greedy decoding through the same engine.
 - ``transformers:TARGET[+DRAFT]``: transformers' ``generate`` on the same loaded target; with a draft,
   its assisted generation (see ``evaluation.peers``).
@@ -33,7 +33,7 @@ from evaluation.metrics import ErrorCounts, char_errors, word_errors
 from evaluation.peers import TransformersPeer, UnsupportedPairError
 from whisper_spec.audio import SAMPLE_RATE, load_audio
 from whisper_spec.core.stats import synchronize
-from whisper_spec.transcribe import load_pipeline, transcribe
+from whisper_spec.model import WhisperModel
 from whisper_spec.whisper.features import WINDOW_SECONDS
 
 ENGINES = ("ours", "transformers")
@@ -66,7 +66,7 @@ class Configuration:
         return self.engine == "ours" and self.draft is None
 
     @classmethod
-    def parse(cls, spec: str) -> "Configuration":
+    def parse(cls, spec: str) -> Configuration:
         """``ENGINE:TARGET[+DRAFT]``, e.g. ``ours:base+layers:0,5`` or ``transformers:base+base``."""
         engine, sep, models = spec.partition(":")
         if not sep or engine not in ENGINES or not models:
@@ -89,7 +89,7 @@ class EvalOptions:
     device: str = "cpu"
     dtype: torch.dtype | None = None  # default float16 on CUDA, float32 on CPU
     measure_memory: bool = True  # probe peak memory during each timed call
-    cuda_graphs: bool = False  # ours on CUDA: decoding steps replayed as CUDA graphs (see load_pipeline)
+    cuda_graphs: bool = False  # ours on CUDA: decoding steps replayed as CUDA graphs (see WhisperModel)
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -184,11 +184,11 @@ class _Output:
 
 
 class _OursRunner:
-    def __init__(self, configuration: Configuration, options: EvalOptions):
-        self.configuration = configuration
+    def __init__(self, configuration: Configuration, options: EvalOptions, baseline: WhisperModel):
+        """``baseline``: the target alone, loaded once; each configuration drafts on its weights, learning apart."""
         self.options = options
-        engine = load_pipeline(configuration.target, configuration.draft, options.device, options.resolved_dtype,
-                               options.cuda_graphs)
+        self.model = baseline.with_draft(configuration.draft)
+        engine = self.model.engine
         # a draft holds its own checkpoint (separate encoder, other tokenizer) or a decoder module (shared
         # encoder); either way its parameters are what it adds to the target's
         draft_parts = [getattr(engine.draft, "checkpoint", None), getattr(engine.draft, "decoder", None)]
@@ -199,11 +199,10 @@ class _OursRunner:
         options = self.options
         # One plain greedy window, as transformers' short-form generate decodes it: without the long-form
         # rules that drop silent windows or repetition loops, which the peers do not apply.
-        result = transcribe(samples, self.configuration.target, self.configuration.draft, device=options.device,
-                            dtype=options.resolved_dtype, cuda_graphs=options.cuda_graphs, language=language,
-                            draft_length=options.draft_length,
-                            adaptive_draft_length=options.adaptive_draft_length, timestamps=False,
-                            no_speech_threshold=None, logprob_threshold=None, compression_ratio_threshold=None)
+        result = self.model.transcribe(samples, language=language, draft_length=options.draft_length,
+                                       adaptive_draft_length=options.adaptive_draft_length, timestamps=False,
+                                       no_speech_threshold=None, logprob_threshold=None,
+                                       compression_ratio_threshold=None)
         stats = result.stats
         return _Output(result.tokens, result.text, stats.target_calls, stats.draft_calls,
                        stats.rounds, stats.drafted, stats.accepted, stats.rescored)
@@ -238,7 +237,7 @@ class MemoryProbe:
             return "torch.cuda.max_memory_allocated during the call"
         return "growth of the process's resident memory during the call (sampled every 2 ms; weights excluded)"
 
-    def __enter__(self) -> "MemoryProbe":
+    def __enter__(self) -> MemoryProbe:
         if not self.enabled:
             return self
         if self.cuda:
@@ -326,10 +325,18 @@ def run_evaluation(
         raise ValueError("no file fits one 30-s window; nothing to evaluate")
 
     statuses, runners = [], {}
+    baselines: dict[str, WhisperModel] = {}  # per target: its weights, loaded once for every configuration
     for configuration in configurations:
         began = time.perf_counter()
         try:
-            runner = (_OursRunner if configuration.engine == "ours" else _PeerRunner)(configuration, options)
+            if configuration.engine == "ours":
+                if configuration.target not in baselines:
+                    baselines[configuration.target] = WhisperModel(
+                        configuration.target, None, device=options.device, dtype=options.resolved_dtype,
+                        cuda_graphs=options.cuda_graphs)
+                runner = _OursRunner(configuration, options, baselines[configuration.target])
+            else:
+                runner = _PeerRunner(configuration, options)
         except UnsupportedPairError as error:
             statuses.append(ConfigurationStatus(configuration, False, str(error)))
             continue

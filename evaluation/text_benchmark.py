@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from whisper_spec.generate import GenerateOptions, generate
+from whisper_spec.generation import GenerateOptions, generate
 from whisper_spec.text.checkpoints import load_text_model
 from whisper_spec.text.drafts import render_prompt
 
@@ -210,7 +210,7 @@ def main() -> None:
             command = [sys.executable, "-m", "evaluation.text_benchmark", "--method", method,
                        "--reference-file", str(reference_file)] + sys.argv[1:]
             out = subprocess.run(command, capture_output=True, text=True)
-            results = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            results = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if out.returncode != 0 or not results:
                 print(f"{method} failed:\n{out.stderr[-3000:]}", flush=True)
                 continue

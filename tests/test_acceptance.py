@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from whisper_spec.core.acceptance import (
-    expected_accepted_tokens, greedy_accept, residual_distribution, speculative_sampling_accept)
+    expected_accepted_tokens,
+    greedy_accept,
+    residual_distribution,
+    speculative_sampling_accept,
+)
 
 
 def test_greedy_accepts_the_matching_prefix_and_takes_the_target_token_at_the_first_mismatch():
@@ -42,7 +46,8 @@ def test_sampling_never_accepts_a_token_the_target_cannot_produce():
 def test_sampling_always_accepts_when_the_target_agrees_with_certainty():
     p = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])
     q = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
-    n, nxt = speculative_sampling_accept(p, q, torch.tensor([[1, 1]]), torch.tensor([2]), torch.Generator().manual_seed(0))
+    n, nxt = speculative_sampling_accept(p, q, torch.tensor([[1, 1]]), torch.tensor([2]),
+                                         torch.Generator().manual_seed(0))
     assert n.item() == 2 and nxt.item() == 0  # bonus token drawn from p at position 3
 
 

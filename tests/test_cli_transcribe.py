@@ -17,11 +17,10 @@ import soundfile as sf
 import srt
 import torch
 import webvtt
+from conftest import ALLISON, LIBRIVOX
 
 from whisper_spec.cli import build_parser, main
 from whisper_spec.output_formats import FORMATS
-
-from conftest import ALLISON, LIBRIVOX
 
 GOOD = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav", ALLISON / "vm-review.wav"]
 KILL_CLIPS = sorted(LIBRIVOX.glob("*.wav"))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import HashModel, OracleDrafter
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier, PrefixHidingDrafter
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-
-from conftest import HashModel, OracleDrafter
 
 VOCAB = 40
 STOP = 0
@@ -18,7 +17,7 @@ STOP = 0
 
 def greedy(model_seed: int, prompts, max_new: int):
     model = HashModel(VOCAB, len(prompts), model_seed)
-    verifier = ModelVerifier(model, len(prompts), VOCAB)
+    verifier = ModelVerifier(model, len(prompts))
     return speculative_decode(verifier, None, prompts, [STOP], DecodeOptions(max_new_tokens=max_new))
 
 
@@ -33,7 +32,7 @@ def test_oracle_drafters_never_change_the_greedy_output(seed, k, right):
     continuations = {i: list(r.tokens) for i, r in enumerate(reference.rows)}
     model = HashModel(VOCAB, len(PROMPTS), seed)
     drafter = OracleDrafter(continuations, [len(p) for p in PROMPTS], VOCAB, right)
-    result = speculative_decode(ModelVerifier(model, len(PROMPTS), VOCAB), drafter, PROMPTS, [STOP],
+    result = speculative_decode(ModelVerifier(model, len(PROMPTS)), drafter, PROMPTS, [STOP],
                                 DecodeOptions(max_new_tokens=30, draft_length=k, adaptive_draft_length=False))
     assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
     for row in result.rows:
@@ -58,7 +57,7 @@ def test_a_random_model_drafter_never_changes_the_greedy_output(seed, adaptive):
     draft.table[: 600] = target.table[: 600]
     draft.weights = target.weights
     result = speculative_decode(
-        ModelVerifier(target, len(PROMPTS), VOCAB), ModelDrafter(draft, len(PROMPTS), stop_token_ids=[STOP]),
+        ModelVerifier(target, len(PROMPTS)), ModelDrafter(draft, len(PROMPTS), stop_token_ids=[STOP]),
         PROMPTS, [STOP], DecodeOptions(max_new_tokens=40, draft_length=5, adaptive_draft_length=adaptive))
     assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
     assert 0 < result.stats.accepted < result.stats.drafted
@@ -76,7 +75,7 @@ def test_a_draft_shown_part_of_each_prompt_stays_lossless_while_its_rules_see_wh
     draft = HashModel(VOCAB, len(PROMPTS), 0)  # the target's own function, read from other positions
     drafter = PrefixHidingDrafter(lambda r: ModelDrafter(draft, len(PROMPTS), rules=r, stop_token_ids=[STOP]),
                                   rules, hidden)
-    result = speculative_decode(ModelVerifier(HashModel(VOCAB, len(PROMPTS), 0), len(PROMPTS), VOCAB), drafter,
+    result = speculative_decode(ModelVerifier(HashModel(VOCAB, len(PROMPTS), 0), len(PROMPTS)), drafter,
                                 PROMPTS, [STOP], DecodeOptions(max_new_tokens=30, draft_length=4,
                                                                adaptive_draft_length=False))
     assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
@@ -106,8 +105,9 @@ def test_whisper_decoder_with_a_layer_subset_draft_matches_transformers_greedy(s
     target.begin(encoder_hidden)
     draft = CachedWhisperDecoder(model.model.decoder, layers=[0, 2])
     draft.begin(encoder_hidden)
-    result = speculative_decode(ModelVerifier(target, 3, 120), ModelDrafter(draft, 3, stop_token_ids=[2]),
-                                prompts, [2], DecodeOptions(max_new_tokens=25, draft_length=k, adaptive_draft_length=False))
+    result = speculative_decode(ModelVerifier(target, 3), ModelDrafter(draft, 3, stop_token_ids=[2]),
+                                prompts, [2],
+                                DecodeOptions(max_new_tokens=25, draft_length=k, adaptive_draft_length=False))
     for row, prompt, hidden in zip(result.rows, prompts, encoder_hidden):
         # transformers' own greedy loop over the same weights, one token at a time, no cache
         sequence = list(prompt)
@@ -141,7 +141,7 @@ def test_sampling_through_the_loop_preserves_the_target_distribution():
 
     prompts = [[0]] * rows
     result = speculative_decode(
-        ModelVerifier(Markov(p_next), rows, vocab), ModelDrafter(Markov(q_next), rows), prompts, [],
+        ModelVerifier(Markov(p_next), rows), ModelDrafter(Markov(q_next), rows), prompts, [],
         DecodeOptions(max_new_tokens=2, draft_length=2, adaptive_draft_length=False, temperature=1.0, seed=3))
     pairs = torch.tensor([r.tokens for r in result.rows])
     observed = torch.bincount(pairs[:, 0] * vocab + pairs[:, 1], minlength=vocab * vocab).float() / rows

@@ -15,17 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_spec.distill.data import TargetLabeler, TargetRecord, audio_files
 from whisper_spec.core.protocols import DraftRequest
-from whisper_spec.distill.draft import (
-    DistilledDraft,
-    FeatureDrafter,
-    WrongTargetError,
-    _FullVocabulary,
-    find_draft_file,
-    load_draft,
-    save_draft,
-)
+from whisper_spec.distill.checkpoint import WrongTargetError, find_draft_file, load_draft, save_draft
+from whisper_spec.distill.data import TargetLabeler, TargetRecord, audio_files
 from whisper_spec.distill.donor import DonorDecoder, EncoderAdapter, donor_token_rows, fit_encoder_map
 from whisper_spec.distill.model import DistilledDecoder, restricted_index, to_restricted
 from whisper_spec.distill.train import (
@@ -38,8 +30,10 @@ from whisper_spec.distill.train import (
     simulate_rounds,
     train_draft,
 )
+from whisper_spec.draft_specs import resolve_draft
 from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.drafts.distilled import DistilledDraft, FeatureDrafter, _FullVocabulary
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -127,7 +121,8 @@ def test_teacher_forced_pass_matches_the_cached_decoder(base):
     cached = CachedWhisperDecoder(model, output_weight=model.output_weight)
     cached.begin(encoder)
     positions = torch.arange(6).expand(2, -1)
-    incremental = cached.forward_cached(torch.arange(2), tokens[:, :4], torch.zeros(2, dtype=torch.long), positions[:, :4])
+    incremental = cached.forward_cached(torch.arange(2), tokens[:, :4], torch.zeros(2, dtype=torch.long),
+                                        positions[:, :4])
     rest = cached.forward_cached(torch.arange(2), tokens[:, 4:], torch.full((2,), 4), torch.tensor([[0, 1], [0, 1]]))
     torch.testing.assert_close(torch.cat([incremental, rest], 1), teacher_forced, rtol=1e-4, atol=1e-4)
 
@@ -185,7 +180,8 @@ def test_save_load_round_trip_keeps_only_new_weights(base, tmp_path):
             continue
         _assert_stored(loaded.own_state()[name], value)
     # the frozen cross-attention projections come back from the target itself
-    assert torch.equal(loaded.layers[0].encoder_attn.k_proj.weight, base.model.model.decoder.layers[0].encoder_attn.k_proj.weight)
+    assert torch.equal(loaded.layers[0].encoder_attn.k_proj.weight,
+                       base.model.model.decoder.layers[0].encoder_attn.k_proj.weight)
     assert find_draft_file(str(path), "base") == path
 
 
@@ -212,7 +208,7 @@ def test_loading_for_another_target_is_a_clear_error(base, tmp_path):
 # ---- drafts started from a smaller Whisper (donor) ----
 
 def test_donor_rows_are_the_donor_embedding_of_the_same_string(base, tiny):
-    the, eot, sot = (base.tokenizer.convert_tokens_to_ids(t) for t in ("Ġthe", "<|endoftext|>", "<|startoftranscript|>"))
+    the, eot, sot = base.tokenizer.convert_tokens_to_ids("Ġthe"), base.tokens.eot, base.tokens.sot
     # a word the two tokenizers split differently (one base token, several tiny.en tokens) takes their mean
     split = next(i for i in range(2000, 10000) if len(tiny.tokenizer.encode(base.tokenizer.decode([i]),
                                                                            add_special_tokens=False)) > 1)
@@ -248,7 +244,8 @@ def test_donor_teacher_forced_pass_matches_the_cached_decoder(base, tiny):
     cached = CachedWhisperDecoder(model, output_weight=model.output_weight)
     cached.begin(model.encoder_input(encoder))
     positions = torch.arange(6).expand(2, -1)
-    incremental = cached.forward_cached(torch.arange(2), tokens[:, :4], torch.zeros(2, dtype=torch.long), positions[:, :4])
+    incremental = cached.forward_cached(torch.arange(2), tokens[:, :4], torch.zeros(2, dtype=torch.long),
+                                        positions[:, :4])
     rest = cached.forward_cached(torch.arange(2), tokens[:, 4:], torch.full((2,), 4), torch.tensor([[0, 1], [0, 1]]))
     torch.testing.assert_close(torch.cat([incremental, rest], 1), teacher_forced, rtol=1e-4, atol=1e-4)
 
@@ -320,7 +317,7 @@ def test_distilled_draft_output_is_token_identical_on_real_speech(base, short_tr
              _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
     options = WindowOptions(language="en")
     plain = engine.decode_windows(audio, options)
-    drafted = engine.with_draft(DistilledDraft.load(path, base)).decode_windows(audio, options)
+    drafted = engine.with_draft(DistilledDraft(load_draft(path, base), base)).decode_windows(audio, options)
     assert [w.tokens for w in drafted] == [w.tokens for w in plain]
     assert "John Dashwood" in plain[0].text
     assert sum(w.stats.drafted for w in drafted) > 0
@@ -350,13 +347,15 @@ def test_feature_draft_output_is_token_identical_on_real_speech(base, short_feat
              _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
     plain = engine.decode_windows(audio, WindowOptions(language="en"))
     options = WindowOptions(language="en", draft_length=4, adaptive_draft_length=False)
-    drafted = engine.with_draft(DistilledDraft.load(short_feature_training.path, base)).decode_windows(audio, options)
+    draft = DistilledDraft(load_draft(short_feature_training.path, base), base)
+    drafted = engine.with_draft(draft).decode_windows(audio, options)
     assert [w.tokens for w in drafted] == [w.tokens for w in plain]
     assert sum(w.stats.accepted for w in drafted) > 0
     # with timestamps too: the draft obeys the same grammar through the target's rules
     options = replace(options, timestamps=True)
     plain = engine.decode_windows(audio, replace(options, draft_length=0))
-    drafted = engine.with_draft(DistilledDraft.load(short_feature_training.path, base)).decode_windows(audio, options)
+    draft = DistilledDraft(load_draft(short_feature_training.path, base), base)
+    drafted = engine.with_draft(draft).decode_windows(audio, options)
     assert [w.tokens for w in drafted] == [w.tokens for w in plain]
 
 
@@ -394,11 +393,11 @@ def short_donor_training(base, tiny, short_training, tmp_path_factory):
     vocab_ids = build_vocabulary(train, base.tokenizer, 51865, 1000)
     start = DonorDecoder.from_donor(tiny, (0, 1, 2, 3), vocab_ids, base, encoder_map, "tiny.en")
     untrained = copy.deepcopy(start)
-    options = TrainOptions(steps=150, batch_size=4, eval_every=75, learning_rate=3e-4, warmup_steps=10, common_tokens=1000)
+    options = TrainOptions(steps=150, batch_size=4, eval_every=75, learning_rate=3e-4, warmup_steps=10,
+                           common_tokens=1000)
     output = tmp_path_factory.mktemp("donor-draft") / "donor.pt"
     result = train_draft(base, train, held_out, output, options, progress=False, start=start)
-    config = base.generation_config
-    rules = _RestrictedRules(vocab_ids, config.suppress_tokens, config.begin_suppress_tokens)
+    rules = _RestrictedRules(vocab_ids, base.tokens)
     on_train = [evaluate(model, train[:6], _Batcher(model, rules, torch.device("cpu")), 6)
                 for model in (untrained, load_draft(result.path, base))]
     return result, train, on_train
@@ -412,7 +411,7 @@ def test_timestamp_labels_are_what_the_target_decodes_with_timestamps(base, shor
     assert labelled and len(labelled) < len(train)
     for example in labelled:
         generated = example.tokens[example.prompt_length:].tolist()
-        assert generated[0] >= timestamp_begin and generated[-1] == base.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        assert generated[0] >= timestamp_begin and generated[-1] == base.tokens.eot
         assert any(t < timestamp_begin - 1500 for t in generated)  # text between the timestamps
         assert example.target_hidden.shape[0] == len(example.tokens) - 1
 
@@ -432,7 +431,7 @@ def test_donor_draft_output_is_token_identical_on_real_speech(base, short_donor_
     engine = SpeculativeWhisper(base)
     audio = [_librivox_clip("sense_and_sensibility_01_austen_64kb-0870"),
              _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
-    draft = DistilledDraft.load(short_donor_training[0].path, base)
+    draft = DistilledDraft(load_draft(short_donor_training[0].path, base), base)
     for timestamps in (False, True):
         options = WindowOptions(language="en", draft_length=4, adaptive_draft_length=False, timestamps=timestamps)
         plain = engine.decode_windows(audio, replace(options, draft_length=0))
@@ -442,10 +441,8 @@ def test_donor_draft_output_is_token_identical_on_real_speech(base, short_donor_
 
 
 def test_drafts_resolve_by_path_and_by_the_shipped_name(base, tiny, short_training):
-    from whisper_spec.whisper.drafts import resolve_draft
-
     draft = resolve_draft(str(short_training[0].path), base)
-    assert isinstance(draft, DistilledDraft) and draft.kind == "shared-encoder"
+    assert isinstance(draft, DistilledDraft) and not draft.reads_target_states
     shipped = resolve_draft("distilled", base)
     assert isinstance(shipped.model, DonorDecoder) and find_draft_file("base-distilled", "base") is not None
     with pytest.raises(ValueError, match="no distilled draft ships for target 'tiny.en'.*whisper-spec distill"):
@@ -462,7 +459,7 @@ def test_shipped_base_draft_is_token_identical_and_mostly_accepted_on_held_out_s
     engine = SpeculativeWhisper(base)
     audio = [_librivox_clip("sense_and_sensibility_01_austen_64kb-0870"),
              _librivox_clip("sense_and_sensibility_01_austen_64kb-0930")]
-    drafting = engine.with_draft(DistilledDraft.load(find_draft_file("distilled", "base"), base))
+    drafting = engine.with_draft(DistilledDraft(load_draft(find_draft_file("distilled", "base"), base), base))
     for timestamps in (False, True):
         options = WindowOptions(language="en", draft_length=5, adaptive_draft_length=False, timestamps=timestamps)
         plain = engine.decode_windows(audio, replace(options, draft_length=0))
@@ -474,7 +471,8 @@ def test_shipped_base_draft_is_token_identical_and_mostly_accepted_on_held_out_s
 
 def test_distilled_drafts_stop_their_own_rounds_unless_told_otherwise(base):
     """``draft_confidence=None`` takes the draft's own (0.3 for distilled drafts); 0 drafts every position."""
-    engine = SpeculativeWhisper(base).with_draft(DistilledDraft.load(find_draft_file("distilled", "base"), base))
+    shipped = DistilledDraft(load_draft(find_draft_file("distilled", "base"), base), base)
+    engine = SpeculativeWhisper(base).with_draft(shipped)
     audio = [_librivox_clip(f"sense_and_sensibility_01_austen_64kb-{n}") for n in ("0870", "0880", "0890")]
     fixed = WindowOptions(language="en", draft_length=6, adaptive_draft_length=False)
     own = engine.decode_windows(audio, fixed)

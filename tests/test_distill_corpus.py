@@ -36,7 +36,8 @@ def test_quotations_drop_attributions_verse_and_unspeakable_text(tmp_path):
 
 
 def test_the_shuffle_is_reproducible(tmp_path):
-    folder = _fortunes(tmp_path, [f"Quotation number {i} is a sentence long enough to be spoken aloud." for i in range(20)])
+    folder = _fortunes(tmp_path, [f"Quotation number {i} is a sentence long enough to be spoken aloud."
+                                  for i in range(20)])
     assert fortune_texts(5, seed=1, folder=folder) == fortune_texts(5, seed=1, folder=folder)
     assert fortune_texts(5, seed=1, folder=folder) != fortune_texts(5, seed=2, folder=folder)
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ALLISON, LIBRIVOX
 
 from evaluation.manifests import allison_manifest, longform_manifest
 from evaluation.metrics import wer
 from whisper_spec.audio import SAMPLE_RATE, load_audio
-from whisper_spec.transcribe import Transcription, load_pipeline, transcribe
-from whisper_spec.whisper.drafts import resolve_draft
+from whisper_spec.draft_specs import resolve_draft
+from whisper_spec.model import WhisperModel, transcribe
+from whisper_spec.transcription import Transcription
 from whisper_spec.whisper.engine import WindowOptions
 from whisper_spec.whisper.logit_rules import SuppressionRules
 from whisper_spec.whisper.longform import LongformFile, LongformOptions, compression_ratio
 from whisper_spec.whisper.timestamps import TimestampRules
+from whisper_spec.whisper.tokens import WhisperTokens
 from whisper_spec.whisper.word_timestamps import dtw
-
-from conftest import ALLISON, LIBRIVOX
 
 # a toy vocabulary: 0..9 text, 10 end-of-text, 11 no-timestamps, 12.. timestamps (12 = <|0.00|>)
 EOT, NO_TS, TS0, VOCAB = 10, 11, 12, 40
@@ -81,8 +82,8 @@ def test_each_row_of_a_padded_batch_gets_the_rules_it_would_get_alone():
 
 
 class _StubEngine:
-    timestamp_begin = TS0
-    eot_token_id = EOT
+    tokens = WhisperTokens(eot=EOT, sot=EOT + 1, sot_prev=EOT + 2, no_timestamps=EOT + 3, timestamp_begin=TS0,
+                           no_speech=None)
 
     @staticmethod
     def text(tokens):
@@ -92,7 +93,8 @@ class _StubEngine:
 def _window(tokens, no_speech=0.01, avg_logprob=-0.2):
     from whisper_spec.core.stats import SpeculationStats
     from whisper_spec.whisper.engine import DecodedWindow
-    return DecodedWindow(tuple(tokens), _StubEngine.text(tokens), "en", SpeculationStats(), no_speech, avg_logprob, True)
+    return DecodedWindow(tuple(tokens), _StubEngine.text(tokens), "en", SpeculationStats(), no_speech, avg_logprob,
+                         True)
 
 
 def test_the_next_window_starts_at_the_last_complete_timestamp():
@@ -127,7 +129,7 @@ def test_dtw_follows_the_cheap_diagonal():
 @pytest.fixture(scope="module")
 def base_engine():
     torch.set_num_threads(2)
-    return load_pipeline("base", None)
+    return WhisperModel("base", None).engine
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +147,11 @@ def test_window_timestamps_match_transformers_generate_and_every_draft(base_engi
     with torch.inference_mode():
         reference = target.model.generate(features, language="en", task="transcribe", return_timestamps=True)
     reference = reference if isinstance(reference, torch.Tensor) else reference["sequences"]
-    prompt = target.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>"])
+    prompt = target.tokens.prompt("en", timestamps=True)
     ids = reference[0].tolist()
     ids = ids[len(prompt):] if ids[: len(prompt)] == prompt else ids  # generate may return the prompt or not
-    expected = tuple(t for t in ids if t != base_engine.eot_token_id)
-    assert sum(t >= base_engine.timestamp_begin for t in expected) >= 4  # several timed segments
+    expected = tuple(t for t in ids if t != target.tokens.eot)
+    assert sum(t >= target.tokens.timestamp_begin for t in expected) >= 4  # several timed segments
 
     options = WindowOptions(language="en", timestamps=True, draft_length=5)
     assert base_engine.decode_windows([clip], options)[0].tokens == expected

@@ -8,11 +8,10 @@ it they agree.
 
 import pytest
 import torch
+from conftest import HashModel, OracleDrafter
 
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier, NearTieRule, no_rules
-
-from conftest import HashModel, OracleDrafter
 
 VOCAB, ERROR = 40, 0.05
 
@@ -47,7 +46,7 @@ def decode(seed, drafted: bool, near_ties: bool, continuation=None):
     model = RoundingModel(seed)
     prompt = [3, 4, 5]
     rule = NearTieRule(4 * ERROR, model.exact) if near_ties else None
-    verifier = ModelVerifier(model, 1, VOCAB, no_rules, near_ties=rule)
+    verifier = ModelVerifier(model, 1, no_rules, near_ties=rule)
     drafter = OracleDrafter({0: continuation}, [len(prompt)], VOCAB, right=True) if drafted else None
     options = DecodeOptions(max_new_tokens=60, draft_length=5, adaptive_draft_length=False)
     result = speculative_decode(verifier, drafter, [prompt], [0], options)
@@ -79,12 +78,12 @@ def test_margin_must_be_positive():
 def test_bfloat16_speculative_equals_bfloat16_greedy_on_real_speech():
     """base in bfloat16 on real clips, a batch of different lengths: with the rule (the default in half
     precision) speculative == the same engine's greedy, and the rule did meet near-ties."""
-    from whisper_spec.audio import load_audio
-    from whisper_spec.whisper.checkpoints import load_whisper
-    from whisper_spec.whisper.drafts import resolve_draft
-    from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
-
     from conftest import ALLISON, LIBRIVOX
+
+    from whisper_spec.audio import load_audio
+    from whisper_spec.draft_specs import resolve_draft
+    from whisper_spec.whisper.checkpoints import load_whisper
+    from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 
     torch.set_num_threads(2)
     clips = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav",

@@ -12,7 +12,7 @@ import webvtt
 from whisper_spec import atomic
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.output_formats import FORMATS, write_outputs
-from whisper_spec.transcribe import Transcription
+from whisper_spec.transcription import Transcription
 from whisper_spec.whisper.longform import Segment, Word
 
 SEGMENTS = (

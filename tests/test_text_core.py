@@ -97,7 +97,7 @@ def _transformers_greedy(model, prompt: list[int], n: int) -> list[int]:
 def _decode(target, drafter_factory, prompts, n, **options):
     cached = CachedCausalLM(target)
     cached.begin(len(prompts))
-    verifier = ModelVerifier(cached, len(prompts), cached.vocab_size)
+    verifier = ModelVerifier(cached, len(prompts))
     return speculative_decode(verifier, drafter_factory(len(prompts)), prompts, [], DecodeOptions(
         max_new_tokens=n, **options))
 

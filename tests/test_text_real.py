@@ -11,7 +11,7 @@ import importlib.util
 import pytest
 import torch
 
-from whisper_spec.generate import generate, load_text_draft, load_text_engine
+from whisper_spec.generation import generate, load_text_draft, load_text_engine
 from whisper_spec.text.drafts import CrossTokenizerDraft, render_prompt
 
 torch.set_num_threads(2)

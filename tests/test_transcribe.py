@@ -68,3 +68,50 @@ def test_bad_files_raise_an_error_that_names_the_file(tmp_path, name, content, r
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         transcribe(EXAMPLE, preset="huge")
+
+
+def test_the_package_exports_what_users_touch():
+    from whisper_spec import Segment, SegmentStream, WhisperModel, generate
+    from whisper_spec.generation import generate as generate_function
+    from whisper_spec.model import WhisperModel as model_class
+
+    assert generate is generate_function and WhisperModel is model_class
+    assert Segment.__name__ == "Segment" and SegmentStream.__name__ == "SegmentStream"
+
+
+@pytest.fixture(scope="module")
+def model():
+    from whisper_spec import WhisperModel
+
+    return WhisperModel()
+
+
+def test_a_model_is_loaded_once_and_transcribes_many_inputs_learning_as_it_goes(model):
+    assert (model.target, model.draft) == ("base", "distilled")
+    assert not model.engine.draft_lengths._policies  # nothing learned yet
+    first = model.transcribe(EXAMPLE, language="en")
+    learned = dict(model.engine.draft_lengths._policies)
+    assert learned  # what the draft costs here now lives in the object ...
+    again = model.transcribe(EXAMPLE, language="en")
+    assert again.tokens == first.tokens
+    assert model.engine.draft_lengths._policies == learned  # ... and the next call reuses it
+    baseline = model.with_draft(None)
+    assert baseline.checkpoint is model.checkpoint  # the same weights ...
+    assert baseline.engine.draft_lengths is not model.engine.draft_lengths  # ... learning apart
+    assert baseline.transcribe(EXAMPLE, language="en").tokens == first.tokens
+
+
+def test_a_model_streams_segments_and_transcribes_files_as_it_transcribes_one(model):
+    from whisper_spec.audio import load_audio
+
+    samples = load_audio(EXAMPLE)
+    stream = model.transcribe(samples, language="en", stream=True)
+    segments = list(stream)
+    assert tuple(segments) == stream.transcription.segments and segments
+    alone = model.transcribe(samples, language="en", timestamps=True)
+    steps = list(model.transcribe_files([("a", samples), ("b", samples[: len(samples) // 2])],
+                                        whisper_spec.TranscribeOptions(language="en")))
+    finished = {step.key: step.transcription for step in steps if step.transcription is not None}
+    assert set(finished) == {"a", "b"}
+    assert finished["a"].tokens == alone.tokens and finished["a"].segments == alone.segments
+    assert finished["b"].audio_seconds < finished["a"].audio_seconds

@@ -13,13 +13,14 @@ import time
 import jiwer
 import pytest
 import torch
+from conftest import ALLISON, LIBRIVOX, OracleDrafter
 
 from whisper_spec.audio import load_audio
+from whisper_spec.draft_specs import resolve_draft
 from whisper_spec.whisper.checkpoints import load_whisper
-from whisper_spec.whisper.drafts import CrossTokenizerDraft, SeparateEncoderDraft, resolve_draft
+from whisper_spec.whisper.drafts.cross_tokenizer import CrossTokenizerDraft
+from whisper_spec.whisper.drafts.separate_encoder import SeparateEncoderDraft
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
-
-from conftest import ALLISON, LIBRIVOX, OracleDrafter
 
 CLIPS = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav",
          LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0890.wav",
@@ -37,7 +38,8 @@ def base():
     torch.set_num_threads(2)
     missing = [c for c in CLIPS if not c.exists()]
     if missing:
-        pytest.fail(f"speech assets missing (apt-get install pocketsphinx-testdata asterisk-core-sounds-en-wav): {missing}")
+        pytest.fail("speech assets missing (apt-get install pocketsphinx-testdata asterisk-core-sounds-en-wav): "
+                    f"{missing}")
     return load_whisper("base")
 
 
@@ -73,7 +75,7 @@ DRAFTS = {
     "none": lambda base: None,
     "shared-encoder (target's layers 0 and 5)": lambda base: resolve_draft("layers:0,5", base),
     "separate-encoder (a copy of the target)": lambda base: SeparateEncoderDraft(base),
-    "cross-tokenizer (tiny.en)": lambda base: CrossTokenizerDraft(load_whisper("tiny.en"), base.tokenizer),
+    "cross-tokenizer (tiny.en)": lambda base: CrossTokenizerDraft(load_whisper("tiny.en"), base),
 }
 
 
@@ -93,9 +95,10 @@ def test_every_draft_kind_gives_the_targets_own_tokens_on_a_batch_of_real_clips(
 
 
 def test_fixed_draft_lengths_one_to_eight_stay_lossless(base, audio, reference):
-    engine = SpeculativeWhisper(base, CrossTokenizerDraft(load_whisper("tiny.en"), base.tokenizer))
+    engine = SpeculativeWhisper(base, CrossTokenizerDraft(load_whisper("tiny.en"), base))
     for k in (1, 3, 8):
-        windows = engine.decode_windows(audio[:2], WindowOptions(language="en", draft_length=k, adaptive_draft_length=False))
+        options = WindowOptions(language="en", draft_length=k, adaptive_draft_length=False)
+        windows = engine.decode_windows(audio[:2], options)
         assert [w.tokens for w in windows] == reference[:2], f"k={k}"
 
 
@@ -123,7 +126,9 @@ def test_the_whole_start_of_a_draft_is_priced_not_only_its_encoder(base, audio, 
     eot = base.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
     class SlowStartingOracle:
-        kind = "shared-encoder"
+        draft_length = 6
+        draft_confidence = 0.0
+        reads_target_states = False
 
         def start(self, batch):
             time.sleep(1.0)

@@ -1,8 +1,8 @@
 """Fixed-shape decoding steps replayed as CUDA graphs, so that a step costs its kernels and not their launches.
 
 On a GPU a decoder step of a large model at batch 1 is launch-bound: large-v3's 32 layers issue several
-hundred small kernels, each launched from Python, while reading the decoder's weights takes under half a
-millisecond (transformers measured 14.7 ms a token on an H100). A CUDA graph records one step's kernels
+hundred small kernels, each launched from Python, and launching them takes far longer than reading the
+decoder's weights (evaluation/results/measurements-behind-the-defaults.md). A CUDA graph records one step's kernels
 once and replays them with a single launch. That needs a step whose shapes and memory addresses never
 change: the caller's step function reads only tensors that stay in place (weights, a preallocated cache)
 and the static inputs that ``StepGraphs`` owns, one set per shape, which the caller refills before each
@@ -16,12 +16,11 @@ protocol, and a caller that relies on a buffer it should have copied, behave the
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 import torch
 from torch import Tensor
-
 
 Output = Tensor | tuple[Tensor, ...]
 
@@ -31,7 +30,7 @@ class _Shape:
     step: Callable[..., Output]
     inputs: tuple[Tensor, ...]  # the static inputs this shape's step reads
     output: Output | None = None  # where its result lands (the graph's own output, or a copy target)
-    graph: "torch.cuda.CUDAGraph | None" = None
+    graph: torch.cuda.CUDAGraph | None = None
 
 
 class StepGraphs:
@@ -100,4 +99,5 @@ class StepGraphs:
         except RuntimeError as error:  # e.g. an operation that cannot be captured: stay correct, run eagerly
             shape.graph, shape.output = None, None
             self.failures.append(str(error).splitlines()[0])
-            warnings.warn(f"CUDA graph capture failed, running this step shape eagerly: {self.failures[-1]}")
+            warnings.warn(f"CUDA graph capture failed, running this step shape eagerly: {self.failures[-1]}",
+                          stacklevel=3)

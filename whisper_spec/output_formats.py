@@ -8,12 +8,12 @@ kill never leaves half a transcript where a rerun would take it for a finished o
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
 
 from whisper_spec.atomic import atomic_write_text
-from whisper_spec.transcribe import Transcription
+from whisper_spec.transcription import Transcription
 
 
 def _clock(seconds: float, decimal: str, always_hours: bool) -> str:

@@ -2,23 +2,22 @@
 
 On a CPU a product of a few rows with a weight matrix (a verify pass over k + 1 tokens) runs a GEMM
 kernel that costs several matrix-vector products, and that one extra cost decides whether speculation
-wins at all. Measured on a 2-core EPYC (MKL, float32, 8960 x 1536 weight): one row 8 ms (GEMV), two to
-seven rows 60-95 ms through ``F.linear`` (GEMM), but 12-32 ms through oneDNN with the weight reordered
-once into its blocked layout. So one row uses the original weight (GEMV) and several rows a
-oneDNN-packed copy, built once; the copy doubles the weight memory, so a draft that runs one token at a
-time can go without it. On a GPU the plain ``F.linear`` is already right and nothing is packed.
+wins at all; oneDNN with the weight reordered once into its blocked layout costs a fraction of MKL's
+GEMM for those few rows (evaluation/results/measurements-behind-the-defaults.md). So one row uses the
+original weight (GEMV) and several rows a oneDNN-packed copy, built once; the copy doubles the weight
+memory, so a draft that runs one token at a time can go without it. On a GPU the plain ``F.linear`` is
+already right and nothing is packed.
 
-A draft may also run with int8 weights (``int8=True``, CPU): a one-token step reads its weights once,
-so a quarter of the bytes is most of a quarter of the time (fbgemm's dynamic-quantized linear: per-
-channel int8 weights, activations quantized per call; measured 9.6 ms against 28.8 ms in float32 for
-0.2B parameters on a 2-core Xeon). A draft's precision changes only what it proposes, never the
-output, which the target decides; a target never runs this way.
+A draft may also run with int8 weights (``int8=True``, CPU): a one-token step reads its weights once, so
+a quarter of the bytes is most of a quarter of the time (fbgemm's dynamic-quantized linear: per-channel
+int8 weights, activations quantized per call). A draft's precision changes only what it proposes, never
+the output, which the target decides; a target never runs this way.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

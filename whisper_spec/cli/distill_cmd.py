@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
+from whisper_spec.cli import VERBS
 from whisper_spec.distill.data import TargetLabeler, audio_files, join_clips, pack_clips
 from whisper_spec.distill.train import TrainOptions, build_vocabulary, train_draft
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "distill", help="distil a cheap draft for a Whisper target from unlabeled audio",
+        "distill", help=VERBS["distill"],
         description="Run the target once over the audio (its greedy transcripts are the labels, cached), "
                     "then train a small draft that reads the target's encoder outputs: one or two of the "
                     "target's own decoder layers, or (--init-from) a smaller Whisper's decoder re-wired to "
@@ -51,17 +52,20 @@ def add_parser(subparsers) -> None:
                              "draft's second and later tokens of a round run")
     parser.add_argument("--steps", type=int, default=TrainOptions.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size, help="windows per step")
-    parser.add_argument("--learning-rate", type=float, default=TrainOptions.learning_rate, help="peak AdamW learning rate")
+    parser.add_argument("--learning-rate", type=float, default=TrainOptions.learning_rate,
+                        help="peak AdamW learning rate")
     parser.add_argument("--common-tokens", type=int, default=TrainOptions.common_tokens,
                         help="the draft can also emit every id below this (the BPE's most frequent tokens)")
     parser.add_argument("--eval-every", type=int, default=TrainOptions.eval_every,
                         help="steps between held-out scores and training checkpoints")
     parser.add_argument("--pack-seconds", type=float, default=28.0,
-                        help="join consecutive short clips into windows of up to this many seconds (0: one clip per window)")
+                        help="join consecutive short clips into windows of up to this many seconds "
+                             "(0: one clip per window)")
     parser.add_argument("--with-timestamps", action="store_true",
                         help="also label every window in timestamp mode (how transcribe() decodes audio longer "
                              "than 30 s) and train and score on both modes; labelling takes twice as long")
-    parser.add_argument("--language", default=None, help="decode all audio in this language (default: detect per window)")
+    parser.add_argument("--language", default=None,
+                        help="decode all audio in this language (default: detect per window)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the target's labels are cached")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     for labeler in labelers:
         mode = "timestamps" if labeler.timestamps else "text"
 
-        def progress(batches):
+        def progress(batches, mode=mode):
             return tqdm(batches, desc=f"labelling ({mode})", unit="batch")
 
         windows = labeler.examples(train_files, pack_seconds=args.pack_seconds, progress=progress)

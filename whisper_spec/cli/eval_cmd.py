@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from whisper_spec.cli import VERBS
+
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_ALLISON = 60  # Allison prompts in the default set: with LibriVox, about 8 of the 15 minutes on 2 CPU cores
 
@@ -16,9 +18,9 @@ def add_parser(subparsers) -> None:
     from evaluation.run import DEFAULT_CONFIGURATIONS
 
     parser = subparsers.add_parser(
-        "eval", help="measure WER, parity, latency and speed-up against the baseline and transformers",
+        "eval", help=VERBS["eval"],
         description=__doc__)
-    data = parser.add_argument_group("data (with none of these: --librivox and --allison %d)" % DEFAULT_ALLISON)
+    data = parser.add_argument_group(f"data (with none of these: --librivox and --allison {DEFAULT_ALLISON})")
     data.add_argument("--manifest", action="append", default=[], metavar="JSONL",
                       help="a manifest file (JSON lines: audio, text, optional id and language); repeatable")
     data.add_argument("--librivox", action="store_true",
@@ -120,7 +122,8 @@ def _timing_options(args):
     try:
         probabilities = tuple(float(p) for p in args.timing_probabilities.split(",") if p.strip())
     except ValueError:
-        raise ValueError(f"--timing-probabilities: expected numbers like 0.5,0.9, got {args.timing_probabilities!r}")
+        raise ValueError(f"--timing-probabilities: expected numbers like 0.5,0.9, "
+                         f"got {args.timing_probabilities!r}") from None
     return TimingOptions(
         architecture=args.timing_architecture, probabilities=probabilities, new_tokens=args.timing_tokens,
         batch_size=args.timing_batch, draft_length=args.draft_length,

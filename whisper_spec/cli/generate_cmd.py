@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from whisper_spec.generate import DEFAULT, DEFAULT_TARGET, GenerateOptions, generate
+from whisper_spec.cli import VERBS
+from whisper_spec.generation import DEFAULT, DEFAULT_TARGET, GenerateOptions, generate
 from whisper_spec.text.checkpoints import bundled_text_models
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="generate text with a causal LM, streaming it to the terminal",
+        "generate", help=VERBS["generate"],
         description="Generate text with speculative decoding. Greedy output is the target model's own: the "
                     "draft only makes it faster. The text streams to standard output as it is committed; "
                     "statistics go to standard error.",

@@ -11,20 +11,21 @@ import argparse
 import glob
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from whisper_spec.audio import AudioLoadError, audio_duration, load_audio
+from whisper_spec.cli import VERBS
 from whisper_spec.core.stats import SpeculationStats
+from whisper_spec.model import WhisperModel
 from whisper_spec.output_formats import FORMATS, output_paths, write_outputs
-from whisper_spec.presets import PRESETS
-from whisper_spec.transcribe import DEFAULT, TranscribeOptions, Transcription, load_pipeline, resolve_models
-from whisper_spec.whisper.longform import decode_files
+from whisper_spec.presets import DEFAULT, PRESETS, resolve_models
+from whisper_spec.transcription import TranscribeOptions, Transcription
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4", ".mkv")
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]"
@@ -45,7 +46,7 @@ class Failure:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "transcribe", help="transcribe audio files into txt, json, srt, vtt and tsv",
+        "transcribe", help=VERBS["transcribe"],
         description="Transcribe audio files of any length with speculative decoding. The transcript is the "
                     "target model's own (greedy): the draft only makes it faster. Outputs are written "
                     "atomically and finished files are skipped, so an interrupted run resumes when rerun.",
@@ -171,11 +172,11 @@ def run(args: argparse.Namespace) -> int:
 
     done: list[Transcription] = []
     if todo:
-        engine = load_pipeline(target, draft, args.device, DTYPES.get(args.dtype), args.cuda_graphs)
+        model = WhisperModel(target, draft, device=args.device, dtype=DTYPES.get(args.dtype),
+                             cuda_graphs=args.cuda_graphs)
         bar = tqdm(total=sum(seconds.values()), unit="s", unit_scale=True, desc="audio", bar_format=BAR_FORMAT,
                    disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
         progress: dict[Job, float] = {}
-        file_started: dict[Job, float] = {}
 
         def loaded() -> Iterator[tuple[Job, np.ndarray]]:
             for job in todo:
@@ -185,22 +186,18 @@ def run(args: argparse.Namespace) -> int:
                     failures.append(_report(Failure(str(job.source), error.reason), bar))
                     bar.update(seconds[job])
                     continue
-                file_started[job] = time.perf_counter()
                 yield job, samples
 
-        window = options.longform_options(float("inf"))
-        for step in decode_files(engine, loaded(), window, args.batch_size):
+        for step in model.transcribe_files(loaded(), options, batch_size=args.batch_size):
             job = step.key
             before = progress.get(job, 0.0)
             progress[job] = step.seconds_done
-            if step.result is None:
+            if step.transcription is None:
                 bar.update(min(step.seconds_done, seconds[job]) - min(before, seconds[job]))
                 continue
             bar.update(max(0.0, seconds[job] - before))
-            result = Transcription.from_longform(step.result, target, draft,
-                                                 time.perf_counter() - file_started[job])
-            write_outputs(result, job.stem, formats)
-            done.append(result)
+            write_outputs(step.transcription, job.stem, formats)
+            done.append(step.transcription)
             bar.set_postfix_str(f"files {len(done)}/{len(todo)}")
         bar.close()
     _summary(done, skipped, failures, time.perf_counter() - started, args.output_dir)
@@ -223,7 +220,8 @@ def _summary(done: list[Transcription], skipped: int, failures: list[Failure], w
         ("audio", f"{audio / 3600:.3f} h ({audio:.1f} s)"),
         ("wall time", f"{wall:.1f} s"),
         ("real-time factor", f"{wall / audio:.3f}" if audio else "-"),
-        ("draft acceptance", f"{stats.acceptance_rate:.2f} ({stats.accepted}/{stats.drafted})" if stats.drafted else "-"),
+        ("draft acceptance",
+         f"{stats.acceptance_rate:.2f} ({stats.accepted}/{stats.drafted})" if stats.drafted else "-"),
         ("tokens per target call", f"{stats.tokens_per_target_call:.2f}" if stats.target_calls else "-"),
         ("outputs in", str(output_dir)),
     ]

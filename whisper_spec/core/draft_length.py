@@ -1,45 +1,38 @@
-"""How many tokens to draft next round: a fixed k, or a k chosen from measured acceptance and cost.
+"""How many tokens to draft next round: three policies, one report of each round to learn from.
 
-The adaptive rule maximises expected tokens per second. A round with draft length k produces
-``expected_accepted_tokens(alpha, k)`` tokens and costs ``k * t_draft + t_verify + t_setup / R`` (k >= 1)
-or one plain target step ``t_step`` (k = 0). ``t_setup`` is what a draft costs before its first token of
-a decode (its own encoder, cross-attention keys and values), shared by the ``R`` drafting rounds that followed
-it. All of these are measured while decoding, so the rule adapts to the machine: on a GPU a verify pass
-costs about one step, on a 2-core CPU it can cost twice that.
+- ``FixedDraftLength``: always k (``adaptive_draft_length=False``).
+- ``AdaptiveDraftLength``: the k with the most expected tokens per second. A round with draft length k
+  produces ``expected_accepted_tokens(alpha, k)`` tokens and costs ``k * t_draft + t_verify + t_setup / R``
+  (k >= 1) or one plain target step ``t_step`` (k = 0). ``t_setup`` is what a draft costs before its
+  first token of a decode (its own encoder, cross-attention keys and values), shared by the ``R`` rounds
+  of that decode. All of these are measured while decoding, so the rule adapts to the machine: on a GPU
+  a verify pass costs about one step, on a 2-core CPU it can cost twice that.
+- ``DraftSwitch``: for a draft that ends its own rounds (``draft_continues``), only on or off. Once the
+  probability the draft gives its whole proposal so far falls below a threshold, its next tokens are
+  unlikely to be reached, so k is only a cap: such a draft drafts long where it is sure and short where
+  it is not (dynamic lookahead: Mamou et al. 2024 stop on a single token's probability, as transformers'
+  assisted generation does; the product also counts a run of merely likely tokens, measured better
+  here). The geometric model above then no longer describes a round, so the switch compares measured
+  rates instead: tokens committed per second over the last drafting rounds against the median of the
+  last plain steps, taking one plain step every ``window`` rounds to keep that price current.
 
-Within a round a model draft may stop before k (``draft_continues``): once the probability it gives
-its whole proposal so far (the product of its own token probabilities) falls below a threshold, its
-next tokens are unlikely to be reached, and not drafting them saves draft steps while letting k be
-large where the draft is sure (dynamic lookahead: Mamou et al. 2024 stop on a single token's
-probability, as transformers' assisted generation does with 0.4; the product also counts a run of
-merely likely tokens, measured better here). k is then a cap, and the geometric model above no longer
-describes a round (the draft drafts long where it is sure, short where it is not). A *gated*
-controller therefore only chooses between drafting up to the cap and plain steps, by comparing the
-measured rates: tokens committed per second over the last drafting rounds against the median of the
-last plain steps (while drafting it takes one plain step every ``gated_window`` rounds to keep that
-price current: measured only at the start, it was three times too high after kernel set-up). A
-round's time counts at most ``outlier_factor`` times the median round's: one round that a busy
-machine stalled (seen: a 0.6-s round among 40-ms ones) once switched a good draft off, and
-while a draft is off only its rare probes can bring the estimate back. For the same reason a gated
-draft is judged only after ``gated_burn_in`` rounds: the first rounds of a process also pay for
-one-off kernel set-up of each new verify width, and the first tokens of a transcript are the draft's
-least sure; five such rounds switched a draft off that then ran 1.2x when forced on.
-
-k = 0 is plain greedy decoding; a collapsed acceptance therefore costs nearly nothing. While at k = 0
-the rule still probes k = 1 now and then, so that it notices when the draft becomes useful again; each
-probe that finds drafting still unprofitable doubles the wait before the next one, so a useless draft
-costs less and less. A controller can outlive one decode (an engine keeps its own), so that what one
-window or prompt taught is not relearned, at a loss, by the next.
+k = 0 is plain greedy decoding; a collapsed acceptance therefore costs nearly nothing. While drafting is
+off, both adaptive policies still try it now and then (``ProbeSchedule``), each failed probe doubling
+the wait before the next, so a useless draft costs less and less. A policy can outlive one decode (an
+engine keeps its own in a ``ControllerMemory``), so that what one window or prompt taught is not
+relearned, at a loss, by the next. Why each guard exists, with the measurements that called for it:
+evaluation/results/draft-length-controller.md.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
+from enum import Enum
+from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from whisper_spec.core.acceptance import expected_accepted_tokens
@@ -56,202 +49,344 @@ def draft_continues(q_proposal: Tensor, min_confidence: float) -> Tensor:
     return q_proposal >= min_confidence
 
 
+class DraftRead(Enum):
+    """What the draft read in a round before it could draft: only steady rounds price a draft position."""
+
+    STEADY = "steady"  # it drafted the round before too: only the tokens that round committed
+    CATCH_UP = "catch-up"  # everything committed while it was off (plain steps in between)
+    PROMPT = "prompt"  # its first round of the decode: the whole prompt
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """One round as a draft-length policy learns from it; counts are summed over the batch's rows."""
+
+    k: int  # the longest draft of the round (0: a plain step)
+    accepted: int  # draft tokens the target agreed with
+    # rows whose draft a disagreement cut short: a row that accepted n of its k tokens saw n successes and
+    # one failure (or k successes, censored), so accepted / (accepted + rejections) estimates alpha
+    rejections: int
+    rows: int  # rows the round served (each also committed one token of the target's own)
+    draft_seconds: float
+    verify_seconds: float
+    target_read_prompt: bool = False  # a decode's first round: the target call also read the prompt
+    draft_read: DraftRead = DraftRead.STEADY
+
+    @property
+    def committed(self) -> int:
+        return self.accepted + self.rows
+
+    @property
+    def seconds(self) -> float:
+        return self.draft_seconds + self.verify_seconds
+
+
+class DraftLengthPolicy(Protocol):
+    """What the decoding loop and an engine ask of a draft-length policy."""
+
+    def wants_draft(self) -> bool:
+        """Whether the next decode should start its draft at all (a draft's start is not free)."""
+        ...
+
+    def next_k(self) -> int:
+        """The draft length of the next round (0: a plain step)."""
+        ...
+
+    def observe(self, report: RoundReport) -> None: ...
+
+    def count_undrafted_round(self) -> None:
+        """A round of a decode whose draft was not started: it brings the next probe closer."""
+        ...
+
+    def observe_decode(self, *, setup_seconds: float, rounds: int) -> None:
+        """A decode that started a draft ended: its one-off start cost and its number of rounds."""
+        ...
+
+
+@dataclass
+class FixedDraftLength:
+    """Always ``k`` tokens (0: plain decoding); learns nothing."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"draft length must be >= 0, got {self.k}")
+
+    def wants_draft(self) -> bool:
+        return self.k > 0
+
+    def next_k(self) -> int:
+        return self.k
+
+    def observe(self, report: RoundReport) -> None:
+        pass
+
+    def count_undrafted_round(self) -> None:
+        pass
+
+    def observe_decode(self, *, setup_seconds: float, rounds: int) -> None:
+        pass
+
+
 def _ema(old: float | None, new: float, weight: float) -> float:
     return new if old is None else (1.0 - weight) * old + weight * new
 
 
 @dataclass
-class DraftLengthController:
-    """Chooses k for each round; ``observe`` feeds back what the round cost and how much it accepted."""
+class ProbeSchedule:
+    """While drafting is off: when to try it again. The wait doubles after each probe that still lost."""
 
-    max_draft: int  # upper bound on k (and the fixed k when not adaptive)
-    adaptive: bool = True  # False: always max_draft
-    gated: bool = False  # the draft stops itself (draft_continues): choose only between max_draft and 0
-    probe_every: int = 8  # rounds at k = 0 before the first probe with k = 1
-    max_probe_interval: int = 512  # the wait doubles after each failed probe, up to this many rounds
+    every: int = 8  # rounds off before the first probe
+    longest: int = 512  # the wait doubles up to this many rounds
+    waited: int = field(default=0, init=False)  # rounds off since drafting last paid or was last probed
+    interval: int = field(default=0, init=False)  # the wait for the next probe
+
+    def __post_init__(self) -> None:
+        self.interval = self.every
+
+    def restart(self) -> None:
+        """Drafting pays: the next time it stops paying, probe soon again."""
+        self.waited, self.interval = 0, self.every
+
+    def back_off(self) -> None:
+        self.interval = min(2 * self.interval, self.longest)
+
+
+@dataclass
+class SetupCost:
+    """What starting a draft costs a decode, and over how many rounds that is shared."""
+
+    smoothing: float = 0.3
+    seconds: float = 0.0
+    rounds: float | None = None  # rounds of a decode that started a draft (None: none yet)
+
+    def observe(self, seconds: float, rounds: int) -> None:
+        # Every round of such a decode could have drafted, so the rounds (at any k) share one start;
+        # counting only drafting rounds made a draft that was switched off look ever dearer to switch on.
+        if rounds > 0:
+            self.seconds = _ema(self.seconds if self.rounds else None, seconds, self.smoothing)
+            self.rounds = _ema(self.rounds, rounds, self.smoothing)
+
+    def per_round(self) -> float:
+        return self.seconds / self.rounds if self.rounds else 0.0
+
+
+@dataclass
+class AdaptiveDraftLength:
+    """Chooses k from the measured acceptance and the measured costs of drafting, verifying and stepping."""
+
+    max_draft: int  # the largest k
+    probes: ProbeSchedule = field(default_factory=ProbeSchedule)
     smoothing: float = 0.3  # weight of the newest round in the running averages
-    gated_window: int = 32  # a gated draft's rate is measured over its last this many drafting rounds ...
-    outlier_factor: float = 3.0  # ... each counted at most this many times the median round's time ...
-    gated_burn_in: int = 16  # ... and it drafts at least this many rounds before it can be switched off;
-    step_window: int = 9  # the plain-step price is the median of the last this many plain steps, of which a
-    # drafting gated controller takes one every ``gated_window`` rounds so that the price stays current
     margin: float = 0.03  # drafting must promise this much more speed than plain steps: timings are noisy
-    # ... and, were every draft token right, this much more: a draft that costs about what a target step
-    # does (the target drafting for itself) can only break even, and timing noise then decided (0.91x seen)
+    # ... and this much more were every draft token right: a draft that costs about what a target step does
+    # (the target drafting for itself) can only break even, and timing noise would decide
     ceiling_margin: float = 0.10
     alpha: float = 0.8  # running per-token acceptance rate; optimistic start so that drafting is tried
-    _t_draft: float | None = field(default=None, repr=False)  # seconds per drafted position
-    _t_verify: float | None = field(default=None, repr=False)  # seconds per multi-token verify call
-    _t_step: float | None = field(default=None, repr=False)  # seconds per one-token target step
-    _t_setup: float = field(default=0.0, repr=False)  # seconds a draft costs before its first round
-    _rounds_per_setup: float | None = field(default=None, repr=False)  # rounds of a decode that set a draft up
-    # gated: (tokens committed, seconds) of the last drafting rounds, and the last plain steps' seconds
-    _rounds: deque = field(default_factory=deque, repr=False)
-    _steps: deque = field(default_factory=deque, repr=False)
-    _since_step: int = field(default=0, repr=False)  # gated: drafting rounds since the last plain step
-    _rounds_at_zero: int = field(default=0, repr=False)
-    _probe_interval: int = field(default=0, repr=False)
+    setup: SetupCost = field(default_factory=SetupCost)
+    t_draft: float | None = None  # seconds per drafted position (None: not measured yet)
+    t_verify: float | None = None  # seconds per multi-token verify call
+    t_step: float | None = None  # seconds per one-token target step
     _probing: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_draft < 0:
-            raise ValueError(f"max_draft must be >= 0, got {self.max_draft}")
-        self._probe_interval = self.probe_every
-        self._rounds = deque(maxlen=self.gated_window)
-        self._steps = deque(maxlen=self.step_window)
+        if self.max_draft < 1:
+            raise ValueError(f"max_draft must be >= 1, got {self.max_draft}")
+
+    def _measured(self) -> bool:
+        return None not in (self.t_step, self.t_draft, self.t_verify)
 
     def could_pay(self) -> bool:
-        """Whether drafting would beat plain steps even if every draft token were right (always True
-        until costs are measured, and for a gated draft, whose yield has no such ceiling here).
+        """Whether drafting would beat plain steps were every draft token right (True until measured).
 
-        Probes only look for a change in acceptance: a draft whose costs lose even at full acceptance
-        (the target drafting for itself) is not probed, since each probe is a loss.
+        Probes only look for a change in acceptance: a draft that loses even at full acceptance is not
+        probed, since each probe is a loss.
         """
-        if self.gated or self._t_step is None or self._t_draft is None or self._t_verify is None:
-            return True
-        return self._best(0.999, self.ceiling_margin)[0] != 0
+        return not self._measured() or self._best(0.999, self.ceiling_margin) != 0
 
     def best_k(self) -> int | None:
         """The draft length with the highest expected tokens per second; None until costs are measured."""
-        if self.gated:
-            if not self._steps or len(self._rounds) < self.gated_burn_in:
-                return None
-            setup = self._t_setup / self._rounds_per_setup if self._rounds_per_setup else 0.0
-            cap = self.outlier_factor * statistics.median(t for _, t in self._rounds)
-            seconds = sum(min(t, cap) + setup for _, t in self._rounds)
-            rate = sum(n for n, _ in self._rounds) / seconds
-            return self.max_draft if rate > (1.0 + self.margin) / statistics.median(self._steps) else 0
-        if self._t_step is None or self._t_draft is None or self._t_verify is None:
+        if not self._measured():
             return None
-        return self._best(self.alpha, self.margin)[0] if self.could_pay() else 0
+        return self._best(self.alpha, self.margin) if self.could_pay() else 0
 
-    def _best(self, alpha: float, margin: float) -> tuple[int, float]:
-        """(k, tokens per second) of the best draft length at acceptance ``alpha``; k > 0 must beat plain
-        steps by ``margin``."""
-        best_k, best_rate = 0, 1.0 / self._t_step
-        # A verify pass does a plain step's work and more, whatever a noisy clock said once.
-        t_verify = max(self._t_verify, self._t_step)
-        setup = self._t_setup / self._rounds_per_setup if self._rounds_per_setup else 0.0
+    def _best(self, alpha: float, margin: float) -> int:
+        """The best k at acceptance ``alpha``; k > 0 must beat plain steps by ``margin``."""
+        best_k, best_rate = 0, 1.0 / self.t_step
+        t_verify = max(self.t_verify, self.t_step)  # a verify pass does a step's work and more, whatever the clock said
         for k in range(1, self.max_draft + 1):
-            rate = expected_accepted_tokens(alpha, k) / (k * self._t_draft + t_verify + setup)
+            rate = expected_accepted_tokens(alpha, k) / (k * self.t_draft + t_verify + self.setup.per_round())
             if rate > best_rate * (1.0 + margin):
                 best_k, best_rate = k, rate
-        return best_k, best_rate
+        return best_k
 
     def wants_draft(self) -> bool:
-        """Whether the next decode should start its draft at all (a draft's setup is not free).
-
-        False only when measurements say plain steps are faster and no probe is due yet.
-        """
-        if not self.adaptive or self.max_draft == 0:
-            return self.max_draft > 0
         if self.best_k() != 0:
             return True
         if not self.could_pay():
             return False
-        # starting a draft to probe it costs its setup too (a separate encoder): wait that much longer
-        setup_in_steps = self._t_setup / self._t_step if self._t_step else 0.0
-        return self._rounds_at_zero >= self._probe_interval * (1.0 + setup_in_steps)
+        # starting a draft to probe it costs its start too (a separate encoder): wait that much longer
+        start_in_steps = self.setup.seconds / self.t_step if self.t_step else 0.0
+        return self.probes.waited >= self.probes.interval * (1.0 + start_in_steps)
 
     def next_k(self) -> int:
-        if not self.adaptive or self.max_draft == 0:
-            return self.max_draft
-        if self._t_step is None:
+        if self.t_step is None:
             return 0  # time one plain step first: it is the cost every draft length must beat
         best = self.best_k()
-        if self.gated and best != 0 and self._since_step >= self.gated_window:
-            return 0  # a plain step now and then: the first ones of a process are slow, and machines change
         if best is None:
             return self.max_draft  # then draft fully once to learn the costs of drafting
         if best > 0:
-            self._rounds_at_zero, self._probe_interval = 0, self.probe_every
+            self.probes.restart()
             return best
-        self._rounds_at_zero += 1
-        if self._rounds_at_zero > self._probe_interval and self.could_pay():
+        self.probes.waited += 1
+        if self.probes.waited > self.probes.interval and self.could_pay():
             self._probing = True
-            return self.max_draft if self.gated else 1  # a gated draft probes at its own length
+            return 1
         return 0
 
-    def observe(self, *, k: int, accepted: int, rejections: int, draft_seconds: float, verify_seconds: float,
-                verify_prefilled: bool = False, draft_caught_up: bool = False, draft_prefilled: bool = False,
-                rows: int = 1) -> None:
-        """Feed back one round of draft length ``k``; counts are summed over the rows of the batch.
+    def observe(self, report: RoundReport) -> None:
+        # Times that are not a round's steady cost teach acceptance only: taken as per-position costs, a
+        # draft's catch-up made a draft that was switched off look dearer at each probe, so it never came back.
+        if report.k == 0:
+            if not report.target_read_prompt:
+                self.t_step = _ema(self.t_step, report.verify_seconds, self.smoothing)
+            return
+        trials = report.accepted + report.rejections
+        if trials:
+            self.alpha = _ema(self.alpha, min(report.accepted / trials, 0.999), self.smoothing)
+        if report.draft_read is DraftRead.STEADY:
+            self.t_draft = _ema(self.t_draft, report.draft_seconds / report.k, self.smoothing)
+        if not report.target_read_prompt:
+            self.t_verify = _ema(self.t_verify, report.verify_seconds, self.smoothing)
+        if self._probing:
+            self._probing = False
+            self.probes.waited = 0
+            if self.best_k() == 0:
+                self.probes.back_off()
 
-        ``rejections`` counts the rows whose draft was cut short by a disagreement: a row that accepted
-        n of its k tokens saw n successes then one failure (or k successes, censored), so
-        accepted / (accepted + rejections) estimates alpha for that geometric process. The draft's cost
-        is taken per drafted position, which also prices model-free drafters (no forward calls, but
-        time all the same).
+    def count_undrafted_round(self) -> None:
+        if self.best_k() == 0:
+            self.probes.waited += 1
 
-        Times that are not a round's steady cost teach acceptance only: ``verify_prefilled`` (the target
-        call also read the prompt: a decode's first round) and ``draft_caught_up`` (the draft first read
-        the prompt or the tokens committed while it was off). Taken as per-position costs they made a
-        draft that was switched off look ever dearer at each probe, so it never came back on. A gated
-        controller prices whole rounds, catching up included (a few tokens in one pass), so that its
-        probes count, but not a round in which the draft read its prompt (``draft_prefilled``, which
-        implies ``draft_caught_up``); ``rows`` is the batch rows the round served (each committed one
-        token of the target's own).
-        """
-        if k == 0:
-            if not verify_prefilled:
-                self._t_step = _ema(self._t_step, verify_seconds, self.smoothing)
-                self._steps.append(verify_seconds)
+    def observe_decode(self, *, setup_seconds: float, rounds: int) -> None:
+        self.setup.observe(setup_seconds, rounds)
+
+
+@dataclass
+class DraftSwitch:
+    """Keeps a self-stopping draft at its cap while its measured rounds beat plain steps, else off."""
+
+    max_draft: int  # the cap of every drafting round
+    probes: ProbeSchedule = field(default_factory=ProbeSchedule)
+    window: int = 32  # the rate is measured over the last this many drafting rounds ...
+    # ... each counted at most this many times the median round's time: one round that a busy machine
+    # stalled twentyfold once switched a good draft off, and only its rare probes could bring it back ...
+    outlier_factor: float = 3.0
+    # ... and only after this many rounds: the first rounds of a process pay for one-off kernel set-up of
+    # each verify width, and the first tokens of a transcript are the draft's least sure
+    burn_in: int = 16
+    step_window: int = 9  # the plain-step price: the median of the last this many plain steps
+    margin: float = 0.03  # drafting must beat plain steps by this much: timings are noisy
+    smoothing: float = 0.3
+    setup: SetupCost = field(default_factory=SetupCost)
+    t_step: float | None = None  # running average of plain steps: prices a probe's start in steps
+    _rounds: deque = field(default_factory=deque, repr=False)  # (tokens committed, seconds) per drafting round
+    _steps: deque = field(default_factory=deque, repr=False)  # seconds of the last plain steps
+    _since_step: int = field(default=0, repr=False)  # drafting rounds since the last plain step
+    _probing: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_draft < 1:
+            raise ValueError(f"max_draft must be >= 1, got {self.max_draft}")
+        self._rounds = deque(maxlen=self.window)
+        self._steps = deque(maxlen=self.step_window)
+
+    def _beats_steps(self, tokens: int, seconds: float) -> bool:
+        return tokens / seconds > (1.0 + self.margin) / statistics.median(self._steps)
+
+    def best_k(self) -> int | None:
+        """The cap or 0 from the measured rates; None until burnt in."""
+        if not self._steps or len(self._rounds) < self.burn_in:
+            return None
+        cap = self.outlier_factor * statistics.median(t for _, t in self._rounds)
+        seconds = sum(min(t, cap) + self.setup.per_round() for _, t in self._rounds)
+        return self.max_draft if self._beats_steps(sum(n for n, _ in self._rounds), seconds) else 0
+
+    def wants_draft(self) -> bool:
+        if self.best_k() != 0:
+            return True
+        start_in_steps = self.setup.seconds / self.t_step if self.t_step else 0.0
+        return self.probes.waited >= self.probes.interval * (1.0 + start_in_steps)
+
+    def next_k(self) -> int:
+        if self.t_step is None:
+            return 0  # time one plain step first: it is the price drafting must beat
+        best = self.best_k()
+        if best != 0 and self._since_step >= self.window:
+            return 0  # a plain step now and then: measured only at the start, it was thrice too dear later
+        if best is None:
+            return self.max_draft
+        if best > 0:
+            self.probes.restart()
+            return best
+        self.probes.waited += 1
+        if self.probes.waited > self.probes.interval:
+            self._probing = True
+            return self.max_draft  # a probe at the draft's own length
+        return 0
+
+    def observe(self, report: RoundReport) -> None:
+        if report.k == 0:
+            if not report.target_read_prompt:
+                self.t_step = _ema(self.t_step, report.verify_seconds, self.smoothing)
+                self._steps.append(report.verify_seconds)
                 self._since_step = 0
             return
         self._since_step += 1
-        trials = accepted + rejections
-        if trials:
-            self.alpha = _ema(self.alpha, min(accepted / trials, 0.999), self.smoothing)
-        if self.gated and not (verify_prefilled or draft_prefilled):
-            self._rounds.append((accepted + rows, draft_seconds + verify_seconds))
-        if not (draft_caught_up or draft_prefilled):
-            self._t_draft = _ema(self._t_draft, draft_seconds / k, self.smoothing)
-        if not verify_prefilled:
-            self._t_verify = _ema(self._t_verify, verify_seconds, self.smoothing)
+        # whole rounds are priced, catching up included, but not one in which a model read its prompt
+        steady = not report.target_read_prompt and report.draft_read is not DraftRead.PROMPT
+        if steady:
+            self._rounds.append((report.committed, report.seconds))
         if self._probing:
             self._probing = False
-            self._rounds_at_zero = 0
-            seconds = draft_seconds + verify_seconds
-            if (self.gated and self._steps and not (verify_prefilled or draft_prefilled)
-                    and (accepted + rows) / seconds > (1.0 + self.margin) / statistics.median(self._steps)):
+            self.probes.waited = 0
+            if steady and self._steps and self._beats_steps(report.committed, report.seconds):
                 # A probe that beats plain steps starts the judgement afresh: the rounds that switched the
-                # draft off describe text that has passed (a long-form window whose last segments the
-                # draft missed kept it off for the next windows, whose probes then could not outvote them).
+                # draft off describe text that has passed (a long-form window whose tail the draft missed
+                # kept it off for the next windows, whose probes could not outvote those rounds).
                 self._rounds.clear()
-                self._rounds.append((accepted + rows, seconds))
-                self._probe_interval = self.probe_every
+                self._rounds.append((report.committed, report.seconds))
+                self.probes.restart()
             elif self.best_k() == 0:
-                self._probe_interval = min(2 * self._probe_interval, self.max_probe_interval)
+                self.probes.back_off()
 
     def count_undrafted_round(self) -> None:
-        """A round of a decode whose draft was not started (``wants_draft`` was False): it brings the
-        next probe closer, as a round at k = 0 does, so that such a draft is retried at all."""
-        if self.adaptive and self.max_draft > 0 and self.best_k() == 0:
-            self._rounds_at_zero += 1
+        if self.best_k() == 0:
+            self.probes.waited += 1
 
     def observe_decode(self, *, setup_seconds: float, rounds: int) -> None:
-        """A decode that started a draft ended: its one-off setup cost and its number of rounds.
+        self.setup.observe(setup_seconds, rounds)
 
-        Every round of such a decode could have drafted, so the rounds (at any k) are what one setup
-        is shared by; counting only drafting rounds would make a draft that was switched off look
-        ever costlier to switch on.
-        """
-        if rounds > 0:
-            self._t_setup = _ema(self._t_setup if self._rounds_per_setup else None, setup_seconds, self.smoothing)
-            self._rounds_per_setup = _ema(self._rounds_per_setup, rounds, self.smoothing)
+
+def draft_length_policy(max_draft: int, adaptive: bool = True, self_stopping: bool = False) -> DraftLengthPolicy:
+    """The policy for a draft of at most ``max_draft`` tokens a round (0: no draft)."""
+    if not adaptive or max_draft == 0:
+        return FixedDraftLength(max_draft)
+    return DraftSwitch(max_draft) if self_stopping else AdaptiveDraftLength(max_draft)
 
 
 class ControllerMemory:
-    """One controller per decoding setting, kept by an engine across decodes (a pair's costs persist)."""
+    """One draft-length policy per decoding setting, kept by an engine across decodes (a pair's costs persist)."""
 
     def __init__(self) -> None:
-        self._controllers: dict[tuple, DraftLengthController] = {}
+        self._policies: dict[tuple, DraftLengthPolicy] = {}
 
-    def get(self, max_draft: int, adaptive: bool, sampling: bool, gated: bool = False,
-            context: Hashable = None) -> DraftLengthController:
-        """The controller for this k bound and mode; sampling accepts at other rates, so it learns apart, and
-        so does each ``context`` an adapter names (Whisper: windows decoded with or without timestamps)."""
-        key = (max_draft, adaptive, sampling, gated, context)
-        if key not in self._controllers:
-            self._controllers[key] = DraftLengthController(max_draft, adaptive=adaptive, gated=gated)
-        return self._controllers[key]
+    def get(self, max_draft: int, adaptive: bool, sampling: bool, self_stopping: bool = False,
+            context: Hashable = None) -> DraftLengthPolicy:
+        """The policy for this k bound and mode; sampling accepts at other rates, so it learns apart, and so
+        does each ``context`` an adapter names (Whisper: windows decoded with or without timestamps)."""
+        key = (max_draft, adaptive, sampling, self_stopping, context)
+        if key not in self._policies:
+            self._policies[key] = draft_length_policy(max_draft, adaptive, self_stopping)
+        return self._policies[key]

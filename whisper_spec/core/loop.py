@@ -1,22 +1,24 @@
 """The draft/verify loop: one implementation for every model, every draft and every batch size.
 
-Each round: the drafter proposes up to k tokens per row, the verifier scores all of them in one
-forward pass, each row keeps the longest prefix the acceptance rule allows plus one token of the
-target's own, and rows that finished leave the batch. Without a drafter (or at k = 0) a round is one
+Each round has four steps, one function each: ``propose`` (the drafter proposes up to k tokens per
+row), ``score`` (the verifier scores all of them in one forward pass), ``accept`` (each row keeps the
+longest prefix the acceptance rule allows plus one token of the target's own) and ``commit`` (the tokens
+join the sequences, rows that finished leave the batch). Without a drafter (or at k = 0) a round is one
 plain decoding step, so the baseline runs through the same code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from whisper_spec.core.acceptance import greedy_accept, speculative_sampling_accept
-from whisper_spec.core.draft_length import DraftLengthController
-from whisper_spec.core.protocols import DraftRequest, Drafter, Verifier
+from whisper_spec.core.draft_length import DraftLengthPolicy, DraftRead, RoundReport, draft_length_policy
+from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal, Verifier
 from whisper_spec.core.stats import SpeculationStats, Stopwatch
 
 
@@ -59,23 +61,35 @@ TokenCallback = Callable[[int, list[int]], None]  # (row, newly committed tokens
 
 
 @dataclass
-class _RowState:
+class _Row:
     sequence: list[int]
     prompt_length: int
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    target_calls: int = 0
-    draft_calls: int = 0
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
+    from_draft: list[bool] = field(default_factory=list)
     stopped: bool = False
-    histogram: dict | None = None
-    from_draft: list[bool] | None = None
+    stats: SpeculationStats = SpeculationStats()
 
     @property
     def generated(self) -> int:
         return len(self.sequence) - self.prompt_length
+
+
+@dataclass
+class _Decode:
+    """Everything a decode keeps between rounds."""
+
+    rows: list[_Row]
+    active: list[int]  # indices of the rows still decoding
+    watch: Stopwatch
+    generator: torch.Generator | None
+    stats: SpeculationStats = SpeculationStats()  # the whole batch so far
+    draft_read: DraftRead = DraftRead.PROMPT  # what the draft must read before its next proposal
+
+
+@dataclass(frozen=True)
+class _Proposed:
+    drafts: list[list[int]]  # per active row, cut to the row's token budget
+    proposal: Proposal | None  # None: no draft this round
+    seconds: float
 
 
 def speculative_decode(
@@ -86,139 +100,126 @@ def speculative_decode(
     options: DecodeOptions,
     on_tokens: TokenCallback | None = None,
     device: torch.device | str | None = None,
-    controller: DraftLengthController | None = None,
+    controller: DraftLengthPolicy | None = None,
     draft_setup_seconds: float = 0.0,
 ) -> DecodeResult:
     """Decode every prompt to a stop token or ``max_new_tokens``; greedy output equals the target's own.
 
-    ``controller`` chooses k each round; pass one that outlives this call to carry what it measured
-    over to the next decode (it then also learns from decodes without a drafter: their steps are what
-    drafting must beat). ``draft_setup_seconds`` is what starting ``drafter`` for this decode cost
-    (all of its start: a separate encoder, cross-attention keys and values), which the controller spreads
-    over the rounds it serves.
+    ``controller`` chooses k each round; pass one that outlives this call to carry what it measured over
+    to the next decode (it then also learns from decodes without a drafter: their steps are what drafting
+    must beat). ``draft_setup_seconds`` is what starting ``drafter`` for this decode cost (all of its
+    start: a separate encoder, cross-attention keys and values), which the controller spreads over the
+    rounds it serves.
     """
-    stops = frozenset(stop_token_ids)
-    states = [_RowState(list(p), len(p), histogram={}, from_draft=[]) for p in prompts]
-    active = list(range(len(states)))
     if controller is None:
-        controller = DraftLengthController(options.draft_length if drafter is not None else 0,
-                                           adaptive=options.adaptive_draft_length,
-                                           gated=options.draft_confidence > 0)
+        controller = draft_length_policy(options.draft_length if drafter is not None else 0,
+                                         options.adaptive_draft_length, options.draft_confidence > 0)
     generator = None
     if options.temperature > 0 and options.seed is not None:
         generator = torch.Generator(device=device or "cpu").manual_seed(options.seed)
-    watch = Stopwatch(device)
-    total_rounds = total_drafted = total_accepted = total_target = total_draft_calls = 0
-    drafted_last_round = False  # else the draft must first read what was committed without it
-    draft_started = False  # until its first round, the draft has not read the prompt
-
-    while active:
-        rows = torch.tensor(active, dtype=torch.long)
-        sequences = [states[r].sequence for r in active]
+    decode = _Decode([_Row(list(p), len(p)) for p in prompts], list(range(len(prompts))), Stopwatch(device),
+                     generator)
+    stops = frozenset(stop_token_ids)
+    while decode.active:
+        rows = torch.tensor(decode.active, dtype=torch.long)
+        sequences = [decode.rows[r].sequence for r in decode.active]
         # the round also yields one token of the target's own, so a draft may use all but one of the budget
-        room = [options.max_new_tokens - states[r].generated - 1 for r in active]
-        if drafter is not None:
-            k = min(controller.next_k(), max(room))
-        else:
-            k = 0
-            controller.count_undrafted_round()
-        proposal = None
-        draft_seconds = 0.0
-        if k > 0 and drafter is not None:
-            before = watch.seconds["draft"]
-            with watch.phase("draft"):
-                proposal = drafter.propose(DraftRequest(rows, sequences, k, options.temperature, generator,
-                                                           options.draft_confidence))
-            draft_seconds = watch.seconds["draft"] - before
-            drafts = [list(t[: max(0, min(k, r))]) for t, r in zip(proposal.tokens, room)]
-        else:
-            drafts = [[] for _ in active]
-        before = watch.seconds["verify"]
-        with watch.phase("verify"):
-            logits = verifier.score(rows, sequences, drafts)
-        verify_seconds = watch.seconds["verify"] - before
-
-        width = max(len(d) for d in drafts)
-        draft_tokens = torch.zeros((len(active), width), dtype=torch.long, device=logits.device)
-        for i, d in enumerate(drafts):
-            draft_tokens[i, : len(d)] = torch.tensor(d, dtype=torch.long)
-        lengths = torch.tensor([len(d) for d in drafts], device=logits.device)
-        if options.temperature == 0:
-            n_accepted, next_token = greedy_accept(draft_tokens, logits.argmax(dim=-1), lengths)
-        else:
-            p_target = torch.softmax(logits.float() / options.temperature, dim=-1)
-            q_draft = _draft_distribution(proposal, draft_tokens, p_target.shape[-1])
-            n_accepted, next_token = speculative_sampling_accept(p_target, q_draft, draft_tokens, lengths, generator)
-        # one host synchronisation per round
-        accepted_list, next_list = n_accepted.tolist(), next_token.tolist()
-
-        draft_calls = proposal.forward_calls if proposal is not None else 0
-        total_rounds += 1
-        total_target += 1
-        total_draft_calls += draft_calls
-        rejections = 0
-        still_active = []
-        for r, draft, n, token in zip(active, drafts, accepted_list, next_list):
-            state = states[r]
-            new_tokens = draft[:n] + [token]
-            for j, t in enumerate(new_tokens):
-                if t in stops:
-                    new_tokens = new_tokens[: j + 1]
-                    state.stopped = True
-                    break
-            new_tokens = new_tokens[: options.max_new_tokens - state.generated]
-            state.from_draft.extend(j < n for j in range(len(new_tokens)))
-            state.sequence.extend(new_tokens)
-            state.rounds += 1
-            state.drafted += len(draft)
-            state.accepted += n
-            state.target_calls += 1
-            state.draft_calls += draft_calls
-            state.draft_seconds += draft_seconds
-            state.verify_seconds += verify_seconds
-            if draft:
-                state.histogram[n] = state.histogram.get(n, 0) + 1
-            rejections += int(n < len(draft))
-            total_drafted += len(draft)
-            total_accepted += n
-            if on_tokens is not None:
-                on_tokens(r, new_tokens)
-            if not state.stopped and state.generated < options.max_new_tokens:
-                still_active.append(r)
-        controller.observe(k=width, accepted=sum(accepted_list), rejections=rejections,
-                           draft_seconds=draft_seconds, verify_seconds=verify_seconds,
-                           verify_prefilled=total_rounds == 1, draft_caught_up=not drafted_last_round,
-                           draft_prefilled=width > 0 and not draft_started, rows=len(active))
-        drafted_last_round = width > 0
-        draft_started = draft_started or width > 0
-        active = still_active
+        room = [options.max_new_tokens - decode.rows[r].generated - 1 for r in decode.active]
+        proposed = propose(drafter, controller, DraftRequest(rows, sequences, 0, options.temperature,
+                                                             decode.generator, options.draft_confidence),
+                           room, decode.watch)
+        with decode.watch.phase("verify") as verify:
+            logits = verifier.score(rows, sequences, proposed.drafts)
+        n_accepted, next_tokens = accept(logits, proposed, options.temperature, decode.generator)
+        controller.observe(commit(decode, proposed, n_accepted, next_tokens, verify.seconds, stops, options,
+                                  on_tokens))
     if drafter is not None:
-        controller.observe_decode(setup_seconds=draft_setup_seconds, rounds=total_rounds)
-
-    rows_out = tuple(
-        DecodedRow(
-            tokens=tuple(s.sequence[s.prompt_length:]),
-            from_draft=tuple(s.from_draft),
-            stopped=s.stopped,
-            stats=SpeculationStats(
-                tokens=s.generated, rounds=s.rounds, drafted=s.drafted, accepted=s.accepted,
-                target_calls=s.target_calls, draft_calls=s.draft_calls, draft_seconds=s.draft_seconds,
-                verify_seconds=s.verify_seconds, accepted_lengths=tuple(sorted(s.histogram.items()))),
-        )
-        for s in states)
-    histogram: dict[int, int] = {}
-    for s in states:
-        for n, c in s.histogram.items():
-            histogram[n] = histogram.get(n, 0) + c
-    total = SpeculationStats(
-        tokens=sum(s.generated for s in states), rounds=total_rounds, drafted=total_drafted,
-        accepted=total_accepted, target_calls=total_target, draft_calls=total_draft_calls,
-        draft_seconds=watch.seconds["draft"], verify_seconds=watch.seconds["verify"],
-        accepted_lengths=tuple(sorted(histogram.items())))
-    return DecodeResult(rows=rows_out, stats=total)
+        controller.observe_decode(setup_seconds=draft_setup_seconds, rounds=decode.stats.rounds)
+    rows = tuple(DecodedRow(tuple(r.sequence[r.prompt_length:]), tuple(r.from_draft), r.stopped, r.stats)
+                 for r in decode.rows)
+    return DecodeResult(rows, decode.stats)
 
 
-def _draft_distribution(proposal, draft_tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def propose(drafter: Drafter | None, controller: DraftLengthPolicy, request: DraftRequest, room: list[int],
+            watch: Stopwatch) -> _Proposed:
+    """The round's drafts: up to k tokens per row of ``request`` (whose k the controller sets), each cut to
+    the ``room`` its row has left."""
+    if drafter is None:
+        controller.count_undrafted_round()
+        k = 0
+    else:
+        k = min(controller.next_k(), max(room))
+    if k <= 0:
+        return _Proposed([[] for _ in request.sequences], None, 0.0)
+    with watch.phase("draft") as phase:
+        proposal = drafter.propose(replace(request, k=k))
+    drafts = [list(tokens[: max(0, min(k, r))]) for tokens, r in zip(proposal.tokens, room)]
+    return _Proposed(drafts, proposal, phase.seconds)
+
+
+def accept(logits: Tensor, proposed: _Proposed, temperature: float,
+           generator: torch.Generator | None) -> tuple[list[int], list[int]]:
+    """Per active row: how many draft tokens the acceptance rule keeps, and the target's token after them.
+
+    logits [b, K+1, V] from the verifier. Greedy decoding keeps the longest prefix equal to the target's
+    argmax; sampling runs Leviathan et al.'s rejection rule. Reading the answer back waits for the
+    device, as the stopwatch does around the draft and verify phases to time them (on a GPU, the
+    drafter's own reads of its tokens wait too; a round drafter reads a whole round's at once).
+    """
+    drafts = proposed.drafts
+    draft_tokens = torch.zeros((len(drafts), max(len(d) for d in drafts)), dtype=torch.long, device=logits.device)
+    for i, d in enumerate(drafts):
+        draft_tokens[i, : len(d)] = torch.tensor(d, dtype=torch.long)
+    lengths = torch.tensor([len(d) for d in drafts], device=logits.device)
+    if temperature == 0:
+        n_accepted, next_token = greedy_accept(draft_tokens, logits.argmax(dim=-1), lengths)
+    else:
+        p_target = torch.softmax(logits.float() / temperature, dim=-1)
+        q_draft = _draft_distribution(proposed.proposal, draft_tokens, p_target.shape[-1])
+        n_accepted, next_token = speculative_sampling_accept(p_target, q_draft, draft_tokens, lengths, generator)
+    return n_accepted.tolist(), next_token.tolist()
+
+
+def commit(decode: _Decode, proposed: _Proposed, n_accepted: list[int], next_tokens: list[int],
+           verify_seconds: float, stops: frozenset[int], options: DecodeOptions,
+           on_tokens: TokenCallback | None) -> RoundReport:
+    """Append each row's accepted tokens and the target's own, count the round, drop finished rows."""
+    draft_calls = proposed.proposal.forward_calls if proposed.proposal is not None else 0
+    width = max(len(d) for d in proposed.drafts)
+    served, still_active, rejections = len(decode.active), [], 0
+    for r, draft, n, token in zip(decode.active, proposed.drafts, n_accepted, next_tokens):
+        row = decode.rows[r]
+        new_tokens = draft[:n] + [token]
+        stop = next((j for j, t in enumerate(new_tokens) if t in stops), None)
+        if stop is not None:
+            new_tokens, row.stopped = new_tokens[: stop + 1], True
+        new_tokens = new_tokens[: options.max_new_tokens - row.generated]
+        row.from_draft.extend(j < n for j in range(len(new_tokens)))
+        row.sequence.extend(new_tokens)
+        row.stats += SpeculationStats(tokens=len(new_tokens), rounds=1, drafted=len(draft), accepted=n,
+                                      target_calls=1, draft_calls=draft_calls, draft_seconds=proposed.seconds,
+                                      verify_seconds=verify_seconds, accepted_lengths=((n, 1),) if draft else ())
+        decode.stats += SpeculationStats(tokens=len(new_tokens), drafted=len(draft), accepted=n,
+                                         accepted_lengths=((n, 1),) if draft else ())
+        rejections += int(n < len(draft))
+        if on_tokens is not None:
+            on_tokens(r, new_tokens)
+        if not row.stopped and row.generated < options.max_new_tokens:
+            still_active.append(r)
+    report = RoundReport(k=width, accepted=sum(n_accepted), rejections=rejections, rows=served,
+                         draft_seconds=proposed.seconds, verify_seconds=verify_seconds,
+                         target_read_prompt=decode.stats.rounds == 0, draft_read=decode.draft_read)
+    decode.stats += SpeculationStats(rounds=1, target_calls=1, draft_calls=draft_calls,
+                                     draft_seconds=proposed.seconds, verify_seconds=verify_seconds)
+    if width > 0:
+        decode.draft_read = DraftRead.STEADY
+    elif decode.draft_read is DraftRead.STEADY:
+        decode.draft_read = DraftRead.CATCH_UP
+    decode.active = still_active
+    return report
+
+
+def _draft_distribution(proposal: Proposal | None, draft_tokens: Tensor, vocab_size: int) -> Tensor:
     """[b, K, V] q_draft in the target's vocabulary: the drafter's own, or one-hot for fixed proposals."""
     if proposal is None or proposal.q_draft is None:
         return F.one_hot(draft_tokens, vocab_size).float()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from whisper_spec.core.draft_length import draft_continues
 from whisper_spec.core.prefix_cache import IncrementalModel, PrefixCache
-from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
+from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 
 
 class LogitRules(Protocol):
@@ -27,7 +28,8 @@ class LogitRules(Protocol):
         ...
 
 
-def no_rules(rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]], logits: Tensor) -> Tensor:
+def no_rules(rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]],
+             logits: Tensor) -> Tensor:
     return logits
 
 
@@ -84,17 +86,12 @@ class NearTieRule:
 class ModelVerifier:
     """The target: scores the last committed token and the k draft tokens in one forward pass."""
 
-    def __init__(self, model: IncrementalModel, batch_size: int, vocab_size: int, rules: LogitRules = no_rules,
+    def __init__(self, model: IncrementalModel, batch_size: int, rules: LogitRules = no_rules,
                  near_ties: NearTieRule | None = None):
         """``near_ties``: decide near-ties by exact rescoring (half precision; see ``NearTieRule``)."""
         self.cache = PrefixCache(model, batch_size)
         self.rules = rules
         self.near_ties = near_ties
-        self._vocab_size = vocab_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
 
     def score(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]]) -> Tensor:
         extended = [list(s) + list(d) for s, d in zip(sequences, drafts)]
@@ -174,7 +171,8 @@ class PrefixHidingDrafter:
         return self.inner.propose(replace(request, sequences=sequences))
 
 
-def draft_step(logits: Tensor, request: DraftRequest, confidence: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None, list[bool]]:
+def draft_step(logits: Tensor, request: DraftRequest,
+               confidence: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None, list[bool]]:
     """One draft position for the rows still drafting.
 
     logits [b, V] (rules applied); ``confidence`` [b]: each row's draft probability of its proposal so

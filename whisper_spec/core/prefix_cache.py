@@ -11,7 +11,8 @@ may change anywhere after a common prefix).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -57,7 +58,8 @@ class PrefixCache:
         """
         tokens, starts, output_index = self.pending(rows, sequences, n_last)
         device = self.model.device
-        logits = self.model.forward_cached(rows.to(device), tokens.to(device), starts.to(device), output_index.to(device))
+        logits = self.model.forward_cached(rows.to(device), tokens.to(device), starts.to(device),
+                                           output_index.to(device))
         for row, sequence in zip(rows.tolist(), sequences):
             self.cached[row] = list(sequence)
         return logits

@@ -13,8 +13,9 @@ finished rows leave the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -51,9 +52,6 @@ class Drafter(Protocol):
 
 class Verifier(Protocol):
     """The target model."""
-
-    @property
-    def vocab_size(self) -> int: ...
 
     def score(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]]) -> Tensor:
         """Logits after each row's sequence and after each of its draft tokens, in ONE forward pass.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 import torch
 
@@ -46,7 +46,7 @@ class SpeculationStats:
     def tokens_per_target_call(self) -> float:
         return self.tokens / self.target_calls if self.target_calls else 0.0
 
-    def __add__(self, other: "SpeculationStats") -> "SpeculationStats":
+    def __add__(self, other: SpeculationStats) -> SpeculationStats:
         merged = {f.name: getattr(self, f.name) + getattr(other, f.name)
                   for f in fields(self) if f.name != "accepted_lengths"}
         histogram = Counter(dict(self.accepted_lengths)) + Counter(dict(other.accepted_lengths))
@@ -69,6 +69,13 @@ def synchronize(device: torch.device | str | None = None) -> None:
 
 
 @dataclass
+class PhaseTime:
+    """The seconds one ``Stopwatch.phase`` took, known once it has ended."""
+
+    seconds: float = 0.0
+
+
+@dataclass
 class Stopwatch:
     """Accumulates seconds per named phase; synchronizes the GPU around each phase."""
 
@@ -76,11 +83,13 @@ class Stopwatch:
     seconds: Counter = field(default_factory=Counter)
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> Iterator[PhaseTime]:
         synchronize(self.device)
         start = time.perf_counter()
+        timed = PhaseTime()
         try:
-            yield
+            yield timed
         finally:
             synchronize(self.device)
-            self.seconds[name] += time.perf_counter() - start
+            timed.seconds = time.perf_counter() - start
+            self.seconds[name] += timed.seconds

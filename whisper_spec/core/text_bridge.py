@@ -10,10 +10,10 @@ it as one-hot; whatever it proposes, the target decides, so the bridge is lossle
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Collection, Mapping, Sequence
 
-from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
+from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 
 Encode = Callable[[str], list[int]]  # text -> ids, without special tokens
 Decode = Callable[[Sequence[int]], str]  # ids -> text, special tokens dropped

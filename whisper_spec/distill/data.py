@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,7 @@ from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.features import WINDOW_SECONDS, encode_audio
-from whisper_spec.whisper.logit_rules import SuppressionRules
-from whisper_spec.whisper.prompts import decoder_prompt, detect_language
-from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
+from whisper_spec.whisper.language import detect_language
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 SAMPLE_RATE = 16_000
@@ -49,7 +47,7 @@ class TargetRecord:
     decoder_layers: int
 
     @classmethod
-    def of(cls, checkpoint) -> "TargetRecord":
+    def of(cls, checkpoint) -> TargetRecord:
         decoder = checkpoint.model.model.decoder
         digest = hashlib.sha256()
         # float16 bytes: the same target loaded in float32 on a CPU or float16 on a GPU hashes alike
@@ -59,7 +57,7 @@ class TargetRecord:
         weight = decoder.embed_tokens.weight
         return cls(checkpoint.name, digest.hexdigest()[:16], weight.shape[1], weight.shape[0], len(decoder.layers))
 
-    def same_model(self, other: "TargetRecord") -> bool:
+    def same_model(self, other: TargetRecord) -> bool:
         """True when both describe the same weights (the name may differ: a path versus a short name)."""
         return (self.fingerprint, self.d_model, self.vocab_size) == (other.fingerprint, other.d_model, other.vocab_size)
 
@@ -160,10 +158,7 @@ class TargetLabeler:
         weight = checkpoint.model.model.decoder.embed_tokens.weight
         identity = torch.eye(weight.shape[1], device=weight.device, dtype=weight.dtype)
         self.hidden_decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, output_weight=identity)
-        self.eot = checkpoint.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        config = checkpoint.generation_config
-        self.suppress = tuple(config.suppress_tokens or ())
-        self.begin_suppress = tuple(config.begin_suppress_tokens or ())
+        self.eot = checkpoint.tokens.eot
 
     def cached_path(self, group: Sequence[Path]) -> Path:
         key = hashlib.sha1("|".join(_clip_key(p) for p in group).encode()).hexdigest()[:20]
@@ -202,17 +197,14 @@ class TargetLabeler:
         hidden, _ = encode_audio(checkpoint, audio)
         self.decoder.begin(hidden)
         batch = len(audio)
-        config = checkpoint.generation_config
-        if self.language is None and getattr(config, "is_multilingual", False):
-            languages = detect_language(self.decoder, config, batch)
+        tokens = checkpoint.tokens
+        if self.language is None and tokens.multilingual:
+            languages = detect_language(self.decoder, tokens, batch)
         else:
             languages = [self.language or "en"] * batch
-        prompts = [decoder_prompt(config, language, "transcribe", self.timestamps) for language in languages]
-        rules = SuppressionRules(tuple(len(p) for p in prompts), self.suppress, self.begin_suppress)
-        if self.timestamps:  # the same rules as the engine's (``SpeculativeWhisper.logit_rules``)
-            rules = TimestampRules(rules, timestamp_begin_id(checkpoint.tokenizer), config.no_timestamps_token_id,
-                                   self.eot, getattr(config, "max_initial_timestamp_index", 50))
-        verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules)
+        prompts = [tokens.prompt(language, "transcribe", self.timestamps) for language in languages]
+        rules = tokens.rules([len(p) for p in prompts], self.timestamps)  # the engine's own
+        verifier = ModelVerifier(self.decoder, batch, rules)
         budget = self.decoder.max_positions - max(len(p) for p in prompts)
         result = speculative_decode(verifier, None, prompts, [self.eot], DecodeOptions(max_new_tokens=budget),
                                     device=self.decoder.device)

@@ -7,8 +7,9 @@ restricted output); ``DistilledDecoder`` below starts from the target's own laye
 A ``DistilledDecoder``'s own weights are small: copies of one or two of the target's decoder layers
 (distil-whisper starts from the first and last), a final layer norm and an output layer over only the
 tokens the target emits on the training audio plus every special token. Token and position embeddings
-are the target's, used in place and never saved. The cross-attention key/value projections stay the target's (frozen): the
-draft reads the target's encoder outputs through them, and training precomputes their output once.
+are the target's, used in place and never saved. The cross-attention key/value projections stay the
+target's (frozen): the draft reads the target's encoder outputs through them, and training precomputes
+their output once.
 
 A *feature-level* draft (``features=True``, after EAGLE: Li et al. 2024) also reads the target's own
 final hidden state: the input at position t is ``fc([h_{t-1}, e_t])``, where h_{t-1} is the target's
@@ -18,8 +19,8 @@ next token depends on, so one layer predicts the next token far better from it t
 Within a round, the states of the positions the draft itself proposed are not known yet (the target
 has not read them): those positions read zeros, as a share of positions does in training
 (``TrainOptions.state_dropout``). Feeding back the draft's own prediction of the state instead was
-tried first and failed: one layer predicts a 512-wide state of base with a mean error of 75% of its
-size, and held-out agreement fell from 0.56 to 0.29 on such inputs.
+tried first and failed: one layer predicts the state poorly, and held-out agreement fell by half on
+such inputs (evaluation/results/measurements-behind-the-defaults.md).
 
 Row r of the output layer scores full-vocabulary id ``vocab_ids[r]``; the drafter scatters its scores
 into a full-vocabulary row (``-inf`` elsewhere), so the target's logit rules and the core loop see
@@ -29,7 +30,7 @@ ordinary target ids, and verification stays full-vocabulary.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

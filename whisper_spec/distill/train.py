@@ -16,20 +16,23 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from whisper_spec.core.protocols import DraftRequest
+from whisper_spec.distill.checkpoint import save_draft
 from whisper_spec.distill.data import DistillExample, TargetRecord
-from whisper_spec.distill.draft import save_draft
 from whisper_spec.distill.model import DistilledDecoder, DraftLayers, restricted_index, to_restricted
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.logit_rules import SuppressionRules
+from whisper_spec.whisper.drafts.distilled import FeatureDrafter
+from whisper_spec.whisper.logit_rules import suppress_at_positions
+from whisper_spec.whisper.tokens import WhisperTokens
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class _Batcher:
     in float16, by window: a window labelled in both modes is one entry).
     """
 
-    def __init__(self, model: DraftLayers, rules: "_RestrictedRules", device: torch.device):
+    def __init__(self, model: DraftLayers, rules: _RestrictedRules, device: torch.device):
         self.model, self.rules, self.device = model, rules, device
         self._cross: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._inputs: dict[str, Tensor] = {}
@@ -118,7 +121,8 @@ class _Batcher:
         return [(torch.cat([k for k, _ in layer]), torch.cat([v for _, v in layer])) for layer in per_layer]
 
     def batch(self, examples: Sequence[DistillExample]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(inputs [B, T], labels [B, T] restricted rows or -100, full-vocabulary labels [B, T], target hidden [B, T, D]).
+        """(inputs [B, T], labels [B, T] restricted rows or -100, full-vocabulary labels [B, T], target hidden
+        [B, T, D]).
 
         ``hidden[:, t]`` is the target's state after reading ``inputs[:, t]`` (it predicts ``labels[:, t]``).
         """
@@ -141,16 +145,18 @@ class _Batcher:
 class _RestrictedRules:
     """The target's suppression rules in the draft's restricted rows (for held-out argmax)."""
 
-    def __init__(self, vocab_ids: Tensor, suppress: Sequence[int], begin_suppress: Sequence[int]):
-        self.suppress = restricted_index(vocab_ids, suppress)
-        self.begin_suppress = restricted_index(vocab_ids, begin_suppress)
+    def __init__(self, vocab_ids: Tensor, tokens: WhisperTokens):
+        self.suppress = torch.zeros(len(vocab_ids), dtype=torch.bool)
+        self.suppress[restricted_index(vocab_ids, tokens.suppress).cpu()] = True
+        self.begin = torch.zeros(len(vocab_ids), dtype=torch.bool)
+        self.begin[restricted_index(vocab_ids, tokens.begin_suppress).cpu()] = True
 
     def apply(self, logits: Tensor, prompt_lengths: Sequence[int]) -> Tensor:
-        logits = logits.clone()
-        logits[:, :, self.suppress] = -torch.inf
-        for i, length in enumerate(prompt_lengths):
-            logits[i, length - 1, self.begin_suppress] = -torch.inf
-        return logits
+        """Teacher-forced logits [B, T, R] (position t scores token t + 1) with the rules applied."""
+        device = logits.device
+        positions = torch.arange(1, logits.shape[1] + 1, device=device)
+        lengths = torch.tensor(list(prompt_lengths), device=device)[:, None]
+        return suppress_at_positions(logits, positions, lengths, self.suppress.to(device), self.begin.to(device))
 
 
 def simulate_rounds(agree: Sequence[bool], k: int) -> tuple[int, int, int]:
@@ -185,9 +191,6 @@ def play_feature_rounds(model: DistilledDecoder, examples: Sequence[DistillExamp
     The drafter is the engine's own (``FeatureDrafter``); the verifier is the labels: the target's
     tokens and, for committed positions, its recorded hidden states.
     """
-    from whisper_spec.core.protocols import DraftRequest
-    from whisper_spec.distill.draft import FeatureDrafter
-
     device = model.output_weight.device
     decoder = CachedWhisperDecoder(model, output_weight=model.output_weight)  # built now: weights change
     decoder.begin(torch.stack([e.encoder_hidden for e in examples]).to(device, model.output_weight.dtype))
@@ -279,16 +282,12 @@ def train_draft(target, train: Sequence[DistillExample], held_out: Sequence[Dist
     if target_decoder.embed_tokens.weight.device != device or target_decoder.embed_tokens.weight.dtype != torch.float32:
         raise ValueError("train with the target loaded on the training device in float32")
     teacher_rows = target_decoder.embed_tokens.weight.detach()[vocab_ids.to(device)].float()  # [R, D]
-    config = target.generation_config
-    suppress, begin_suppress = tuple(config.suppress_tokens or ()), tuple(config.begin_suppress_tokens or ())
-    rules = _RestrictedRules(vocab_ids, suppress, begin_suppress)
-    batcher = _Batcher(model, rules, device)
-    eot = target.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    batcher = _Batcher(model, _RestrictedRules(vocab_ids, target.tokens), device)
 
     def score() -> HeldOutScore:
         return evaluate(model, held_out, batcher, options.draft_length,
-                        lambda lengths: SuppressionRules(tuple(lengths), suppress, begin_suppress),
-                        record.vocab_size, eot)
+                        lambda lengths: target.tokens.rules(lengths, timestamps=False),
+                        record.vocab_size, target.tokens.eot)
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, weight_decay=0.0)

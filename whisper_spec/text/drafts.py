@@ -16,22 +16,23 @@ Whatever a draft proposes, the target decides, so every kind is lossless; the ki
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Mapping, Protocol, Sequence, Union
+from typing import Protocol
 
 from whisper_spec.core.model_roles import ModelDrafter
-from whisper_spec.core.protocols import DraftRequest, Drafter, Proposal
+from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 from whisper_spec.core.text_bridge import TextBridgeDrafter, tokenization
 from whisper_spec.text.checkpoints import TextCheckpoint, load_text_model
 from whisper_spec.text.model import CachedCausalLM
 
 Messages = Sequence[Mapping[str, str]]  # chat messages: {"role": "user", "content": "..."}, ...
-PromptSource = Union[str, Messages]  # raw text to continue, or a chat to answer
+PromptSource = str | Messages  # raw text to continue, or a chat to answer
 PROMPT_LOOKUP = "prompt-lookup"  # the draft spec of the model-free drafter
 # A draft model scores only the first this-many ids of its vocabulary (and its stop ids). Byte-level BPE
-# numbers its merges by frequency, so the first 32768 of Qwen's 151936 ids cover 92% of the tokens of
-# English prose and Python code (measured on this repository's sources and docs); the output
-# projection is 28% of the bytes a Qwen2.5-0.5B step reads, and this cuts it by almost four fifths.
+# numbers its merges by frequency, so the first ids cover most tokens of prose and code, while the output
+# projection is a large share of the bytes a small model's step reads
+# (evaluation/results/measurements-behind-the-defaults.md).
 DRAFT_OUTPUT_VOCABULARY = 32768
 
 
@@ -54,7 +55,6 @@ class PromptBatch:
 
 
 class TextDraft(Protocol):
-    kind: str  # "model", "cross-tokenizer" or "prompt-lookup"
     # True when the draft ends its own rounds on low confidence (``DraftRequest.min_confidence``): a model
     stops_itself: bool
 
@@ -96,7 +96,6 @@ class PromptLookupDrafter:
 class PromptLookupDraft:
     max_ngram: int = 4  # a single shared token is weak evidence: match two to four
     min_ngram: int = 2
-    kind: str = "prompt-lookup"
     stops_itself: bool = False  # a lookup has no probabilities: the adaptive length bounds it
 
     def start(self, batch: PromptBatch) -> Drafter:
@@ -115,7 +114,6 @@ def _draft_model(checkpoint: TextCheckpoint, output_vocabulary: int | None, int8
 class ModelDraft:
     """A smaller causal LM with the target's tokenizer."""
 
-    kind = "model"
     stops_itself = True
 
     def __init__(self, checkpoint: TextCheckpoint, output_vocabulary: int | None = DRAFT_OUTPUT_VOCABULARY,
@@ -131,7 +129,6 @@ class ModelDraft:
 class CrossTokenizerDraft:
     """A causal LM with another tokenizer; proposals travel as text."""
 
-    kind = "cross-tokenizer"
     stops_itself = True
 
     def __init__(self, checkpoint: TextCheckpoint, target: TextCheckpoint,
@@ -172,7 +169,6 @@ class LookupThenModelDrafter:
 
 
 class LookupThenModelDraft:
-    kind = "prompt-lookup+model"
     stops_itself = True  # where lookup finds nothing, the model drafts and stops itself
 
     def __init__(self, model: TextDraft, lookup: PromptLookupDraft | None = None):

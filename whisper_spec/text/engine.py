@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from whisper_spec.core.draft_length import ControllerMemory
 from whisper_spec.core.loop import DecodeOptions, DecodeResult, TokenCallback, speculative_decode
@@ -22,7 +22,7 @@ class SpeculativeLM:
         self.model = model or CachedCausalLM(checkpoint.model)
         self.draft_lengths = ControllerMemory()  # what this pair costs here, learned across prompts
 
-    def with_draft(self, draft: TextDraft | None) -> "SpeculativeLM":
+    def with_draft(self, draft: TextDraft | None) -> SpeculativeLM:
         """The same target (and its packed weights) with another draft."""
         return SpeculativeLM(self.checkpoint, draft, self.model)
 
@@ -34,7 +34,7 @@ class SpeculativeLM:
         """Generate after each prompt; greedy output is token-identical to the target's own greedy decoding."""
         prompts = [self.prompt_ids(s) for s in sources]
         self.model.begin(len(prompts))
-        verifier = ModelVerifier(self.model, len(prompts), self.model.vocab_size)
+        verifier = ModelVerifier(self.model, len(prompts))
         controller = self.draft_lengths.get(options.draft_length if self.draft is not None else 0,
                                             options.adaptive_draft_length, options.temperature > 0,
                                             options.draft_confidence > 0 and self.draft is not None

@@ -13,7 +13,7 @@ weight memory, so a draft model, which runs one token at a time, goes without it
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +56,13 @@ class CachedCausalLM:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.scaling = self.layers[0].self_attn.scaling
         self.vocab_size = model.lm_head.weight.shape[0]
-        self.qkv = [Projection([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], pack_weights, int8)
-                    for l in self.layers]
-        self.o = [Projection([l.self_attn.o_proj], pack_weights, int8) for l in self.layers]
-        self.gate_up = [Projection([l.mlp.gate_proj, l.mlp.up_proj], pack_weights, int8) for l in self.layers]
-        self.down = [Projection([l.mlp.down_proj], pack_weights, int8) for l in self.layers]
+        self.qkv = [Projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+                               pack_weights, int8)
+                    for layer in self.layers]
+        self.o = [Projection([layer.self_attn.o_proj], pack_weights, int8) for layer in self.layers]
+        self.gate_up = [Projection([layer.mlp.gate_proj, layer.mlp.up_proj], pack_weights, int8)
+                        for layer in self.layers]
+        self.down = [Projection([layer.mlp.down_proj], pack_weights, int8) for layer in self.layers]
         self.output_ids = None
         head = model.lm_head
         if output_ids is not None:

@@ -18,6 +18,7 @@ place only when complete, so a crash or a concurrent loader never sees half a ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 from whisper_spec.atomic import atomic_directory
+from whisper_spec.whisper.tokens import WhisperTokens
 
 __all__ = [
     "WhisperCheckpoint",
@@ -65,6 +67,11 @@ class WhisperCheckpoint:
     tokenizer: object
     feature_extractor: object
     generation_config: object
+
+    @functools.cached_property
+    def tokens(self) -> WhisperTokens:
+        """Its special tokens, prompts and logit rules."""
+        return WhisperTokens.of(self.tokenizer, self.generation_config)
 
 
 class BundleNotInstalledError(ImportError):
@@ -225,8 +232,10 @@ def _converted_bundle(name: str) -> Path:
         ct2_dir = resolve_bundle_dir(name)["meta"]  # already a complete CT2 dir inside site-packages
     else:
         # Split bundles: model.bin exists nowhere in one piece, so assemble it inside the cache.
-        ct2_dir = atomic_directory(root / "ctranslate2" / f"{name}-{key}", lambda tmp: _assemble_bundle(name, tmp), _MARKER_TEXT)
-    return atomic_directory(root / "transformers" / f"{name}-{key}", lambda tmp: convert_ctranslate2(ct2_dir, tmp), _MARKER_TEXT)
+        ct2_dir = atomic_directory(root / "ctranslate2" / f"{name}-{key}", lambda tmp: _assemble_bundle(name, tmp),
+                                   _MARKER_TEXT)
+    return atomic_directory(root / "transformers" / f"{name}-{key}", lambda tmp: convert_ctranslate2(ct2_dir, tmp),
+                            _MARKER_TEXT)
 
 
 def _converted_local_ct2(path: Path) -> Path:

@@ -7,8 +7,8 @@ the target's cached decoder becomes a ``ModelVerifier``, the draft becomes a ``D
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,26 +18,22 @@ from whisper_spec.core.draft_length import ControllerMemory
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier, NearTieRule
 from whisper_spec.core.stats import SpeculationStats, Stopwatch
+from whisper_spec.whisper.checkpoints import WhisperCheckpoint
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.drafts import WhisperDraft, WindowBatch
 from whisper_spec.whisper.features import encode_audio
-from whisper_spec.whisper.logit_rules import SuppressionRules
+from whisper_spec.whisper.language import detect_language
 from whisper_spec.whisper.near_ties import ExactDecoder, default_margin
-from whisper_spec.whisper.prompts import decoder_prompt, detect_language
-from whisper_spec.whisper.timestamps import TimestampRules, timestamp_begin_id
-
-
-DEFAULT_DRAFT_LENGTH = 6  # the most draft tokens per round, for drafts that name no cap of their own
 
 
 @dataclass(frozen=True)
 class WindowOptions:
     language: str | None = None  # None: detect per window (multilingual targets) or English
     task: str = "transcribe"  # or "translate" (multilingual targets)
-    draft_length: int | None = None  # largest k per round; None: the draft's own ``draft_length``, else 6
+    draft_length: int | None = None  # largest k per round; None: the draft's own ``draft_length``
     adaptive_draft_length: bool = True  # choose k from measured acceptance and costs
     # a draft ends its round below this probability of its proposal (0: never; None: the draft's own
-    # ``draft_confidence``, 0 for drafts that name none)
+    # ``draft_confidence``)
     draft_confidence: float | None = None
     temperature: float = 0.0  # 0: greedy, token-identical to the target alone
     seed: int | None = None  # for temperature > 0
@@ -64,37 +60,28 @@ class DecodedWindow:
     stopped: bool  # True: end-of-text ended the window; False: the token budget did
     encoder_output: Tensor | None = None  # [1500, D] the target's encoder output, when asked for
     # how it was decoded, not what was decoded: left out of equality
-    from_draft: tuple[bool, ...] = field(default=(), compare=False)  # per token of ``tokens``: an accepted draft token (True) or the target's own
+    # per token of ``tokens``: an accepted draft token (True) or the target's own
+    from_draft: tuple[bool, ...] = field(default=(), compare=False)
 
 
 class SpeculativeWhisper:
     """A target checkpoint with an optional draft; ``draft=None`` is the target alone (the baseline)."""
 
-    def __init__(self, target, draft: WhisperDraft | None = None, static_steps: bool = False):
+    def __init__(self, target: WhisperCheckpoint, draft: WhisperDraft | None = None, static_steps: bool = False):
         """``static_steps``: the target's decoding passes run as fixed-shape steps, replayed as CUDA graphs
         on a GPU (see ``CachedWhisperDecoder``); a draft decoder chooses for itself."""
         self.target = target
+        self.tokens = target.tokens
         self.draft = draft
         self.draft_lengths = ControllerMemory()  # what this pair costs here, learned across windows
         self.decoder = CachedWhisperDecoder(target.model.model.decoder, static_steps=static_steps)
         self._exact: dict[str, ExactDecoder] = {}  # the float32 decoder for near-ties, built on first need
-        config = target.generation_config
-        vocab = target.tokenizer.get_vocab()
-        self.eot_token_id = vocab["<|endoftext|>"]
-        self.no_speech_token_id = vocab.get("<|nospeech|>", vocab.get("<|nocaptions|>"))
-        self.timestamp_begin = timestamp_begin_id(target.tokenizer)
-        self.suppress_tokens = tuple(config.suppress_tokens or ())
-        self.begin_suppress_tokens = tuple(config.begin_suppress_tokens or ())
 
     @property
     def device(self) -> torch.device:
         return self.decoder.device
 
-    @property
-    def is_multilingual(self) -> bool:
-        return bool(getattr(self.target.generation_config, "is_multilingual", False))
-
-    def with_draft(self, draft: WhisperDraft | None) -> "SpeculativeWhisper":
+    def with_draft(self, draft: WhisperDraft | None) -> SpeculativeWhisper:
         """The same loaded target with another draft (``None``: the baseline)."""
         other = SpeculativeWhisper.__new__(SpeculativeWhisper)
         other.__dict__.update(self.__dict__)
@@ -104,16 +91,7 @@ class SpeculativeWhisper:
 
     def text(self, tokens: Sequence[int]) -> str:
         """The words of ``tokens`` (timestamps and other special tokens dropped)."""
-        return self.target.tokenizer.decode([t for t in tokens if t < self.eot_token_id]).strip()
-
-    def logit_rules(self, prompt_lengths: Sequence[int], timestamps: bool) -> SuppressionRules | TimestampRules:
-        """The target's own greedy rules for rows with these prompt lengths (drafts apply them too)."""
-        rules = SuppressionRules(tuple(prompt_lengths), self.suppress_tokens, self.begin_suppress_tokens)
-        if not timestamps:
-            return rules
-        config = self.target.generation_config
-        return TimestampRules(rules, self.timestamp_begin, config.no_timestamps_token_id, self.eot_token_id,
-                              getattr(config, "max_initial_timestamp_index", 50))
+        return self.target.tokenizer.decode(self.tokens.text_ids(tokens)).strip()
 
     def decode_windows(self, audio: Sequence[np.ndarray], options: WindowOptions = WindowOptions(), *,
                        previous: Sequence[Sequence[int]] | None = None,
@@ -128,49 +106,41 @@ class SpeculativeWhisper:
             languages: per row, a language code or None (detect); default ``options.language`` for all.
         """
         hidden, encoder_seconds = encode_audio(self.target, audio)
-        self.decoder.begin(hidden, record_hidden=getattr(self.draft, "reads_target_states", False))
+        self.decoder.begin(hidden, record_hidden=self.draft is not None and self.draft.reads_target_states)
         batch = len(audio)
         previous = previous if previous is not None else [()] * batch
         wanted = list(languages) if languages is not None else [options.language] * batch
         if len(previous) != batch or len(wanted) != batch:
             raise ValueError(f"{batch} windows need {batch} previous-text prompts and languages, "
                              f"got {len(previous)} and {len(wanted)}")
-        if self.is_multilingual and any(lang is None for lang in wanted):
-            detected = detect_language(self.decoder, self.target.generation_config, batch)
+        if self.tokens.multilingual and any(lang is None for lang in wanted):
+            detected = detect_language(self.decoder, self.tokens, batch)
             wanted = [lang or found for lang, found in zip(wanted, detected)]
         languages = [lang or "en" for lang in wanted]
-        config = self.target.generation_config
-        prompts = [decoder_prompt(config, lang, options.task, options.timestamps, prev)
+        prompts = [self.tokens.prompt(lang, options.task, options.timestamps, prev)
                    for lang, prev in zip(languages, previous)]
-        rules = self.logit_rules([len(p) for p in prompts], options.timestamps)
+        rules = self.tokens.rules([len(p) for p in prompts], options.timestamps)
         margin = options.near_tie_margin if options.near_tie_margin is not None else default_margin(self.decoder.dtype)
         near_ties = None
         if margin > 0 and options.temperature == 0:
             if "decoder" not in self._exact:  # shared with engines made by with_draft (same dict)
                 self._exact["decoder"] = ExactDecoder(self.target.model.model.decoder)
             near_ties = NearTieRule(margin, self._exact["decoder"].rescorer(hidden))
-        verifier = ModelVerifier(self.decoder, batch, self.decoder.output_weight.shape[0], rules, near_ties)
+        verifier = ModelVerifier(self.decoder, batch, rules, near_ties)
         no_speech = self._no_speech_probs(verifier, prompts)
-        confidence = options.draft_confidence
-        if confidence is None:
-            confidence = getattr(self.draft, "draft_confidence", 0.0)
+        confidence, max_draft = self._draft_limits(options)
         # A self-stopping draft is only switched on or off, from its measured round rate, and it agrees less
         # in the timestamp mode (long-form windows): one bad long-form window had switched it off for the
-        # short ones too (7 held-out files: 1.05x shared, 1.15x apart). Other drafts share one controller:
-        # apart, tiny.en ran its own encoder to relearn each mode (0.93x against 1.02x).
+        # short ones too. Other drafts share one policy: apart, tiny.en ran its own encoder to relearn each mode.
         gated = confidence > 0
-        max_draft = options.draft_length
-        if max_draft is None:
-            max_draft = getattr(self.draft, "draft_length", DEFAULT_DRAFT_LENGTH)
-        controller = self.draft_lengths.get(max_draft if self.draft is not None else 0,
-                                            options.adaptive_draft_length, options.temperature > 0, gated,
+        controller = self.draft_lengths.get(max_draft, options.adaptive_draft_length, options.temperature > 0, gated,
                                             context=("timestamps" if options.timestamps else "text") if gated else None)
         drafter, setup = None, Stopwatch(self.device)
         # a draft that measured slower than plain steps is not even started (its encoder is not free)
         if self.draft is not None and controller.wants_draft():
-            # The controller prices all of a start, not only a separate encoder: a shared-encoder draft's
-            # cross-attention keys and values over 1500 frames cost base drafting for itself ~90 ms a
-            # window, unpriced, and kept it drafting short clips at a loss (0.95x).
+            # The policy prices all of a start, not only a separate encoder: a shared-encoder draft's
+            # cross-attention keys and values over 1500 frames, unpriced, kept base drafting for itself
+            # on short clips at a loss.
             with setup.phase("start"):
                 drafter, draft_encoder_seconds = self.draft.start(
                     WindowBatch(audio, hidden, prompts, rules, languages, options.task, self.decoder.hidden_states))
@@ -181,7 +151,7 @@ class SpeculativeWhisper:
             draft_length=max_draft if drafter is not None else 0,
             adaptive_draft_length=options.adaptive_draft_length, draft_confidence=confidence,
             temperature=options.temperature, seed=options.seed)
-        result = speculative_decode(verifier, drafter, prompts, [self.eot_token_id], decode_options,
+        result = speculative_decode(verifier, drafter, prompts, [self.tokens.eot], decode_options,
                                     device=self.device, controller=controller,
                                     draft_setup_seconds=setup.seconds["start"])
         threshold = options.logprob_if_no_speech_above
@@ -190,7 +160,7 @@ class SpeculativeWhisper:
         windows = []
         share = encoder_seconds / batch
         for i, (row, language) in enumerate(zip(result.rows, languages)):
-            kept = [(t, d) for t, d in zip(row.tokens, row.from_draft) if t != self.eot_token_id]
+            kept = [(t, d) for t, d in zip(row.tokens, row.from_draft) if t != self.tokens.eot]
             tokens = tuple(t for t, _ in kept)
             stats = replace(row.stats, encoder_seconds=share, rescored=near_ties.rescored[i] if near_ties else 0)
             windows.append(DecodedWindow(tokens, self.text(tokens), language, stats,
@@ -199,17 +169,23 @@ class SpeculativeWhisper:
                                          from_draft=tuple(d for _, d in kept)))
         return windows
 
+    def _draft_limits(self, options: WindowOptions) -> tuple[float, int]:
+        """(confidence threshold, largest k) of this decode: the options', else the draft's own (0 without one)."""
+        if self.draft is None:
+            return 0.0, 0
+        confidence = self.draft.draft_confidence if options.draft_confidence is None else options.draft_confidence
+        return confidence, self.draft.draft_length if options.draft_length is None else options.draft_length
+
     def _no_speech_probs(self, verifier: ModelVerifier, prompts: Sequence[Sequence[int]]) -> list[float]:
         """Whisper's no-speech probability per row, from the target's raw scores after <|startoftranscript|>.
 
         Runs the prompts through the verifier's cache, which the first decoding step then reuses.
         """
-        if self.no_speech_token_id is None:
+        if self.tokens.no_speech is None:
             return [0.0] * len(prompts)
-        sot = self.target.generation_config.decoder_start_token_id
-        after_sot = [len(p) - p.index(sot) for p in prompts]
+        after_sot = [len(p) - p.index(self.tokens.sot) for p in prompts]
         logits = verifier.cache.logits(torch.arange(len(prompts)), prompts, after_sot)[:, 0]
-        return torch.softmax(logits.float(), dim=-1)[:, self.no_speech_token_id].tolist()
+        return torch.softmax(logits.float(), dim=-1)[:, self.tokens.no_speech].tolist()
 
     def _avg_logprobs(self, verifier: ModelVerifier, rules, prompts: Sequence[Sequence[int]],
                       generated: Sequence[Sequence[int]], rows: Sequence[int]) -> dict[int, float]:
@@ -231,6 +207,6 @@ class SpeculativeWhisper:
         for i, (r, g) in enumerate(zip(rows, generated)):
             picked = logprobs[i, torch.arange(len(g)), torch.tensor(g)]
             # Whisper divides by the text length plus one (for end-of-text), whether or not it was reached
-            ended = g[-1] == self.eot_token_id
+            ended = g[-1] == self.tokens.eot
             averages[r] = float(picked.sum()) / (len(g) + (0 if ended else 1))
         return averages

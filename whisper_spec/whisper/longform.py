@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Hashable, Iterable, Iterator
 
 import numpy as np
 
 from whisper_spec.audio import SAMPLE_RATE
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.whisper.engine import DecodedWindow, SpeculativeWhisper, WindowOptions
-from whisper_spec.whisper.prompts import decoder_prompt
 from whisper_spec.whisper.timestamps import TIME_PRECISION
 from whisper_spec.whisper.word_timestamps import align_words, tidy_words
 
@@ -71,7 +70,8 @@ class Segment:
     compression_ratio: float  # of the window's text
     words: tuple[Word, ...] = ()  # with word timestamps only
     # how it was decoded, not what was decoded: left out of equality
-    from_draft: tuple[bool, ...] = field(default=(), compare=False)  # per token: an accepted draft token (True) or the target's own (False)
+    # per token: an accepted draft token (True) or the target's own (False)
+    from_draft: tuple[bool, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class LongformFile:
 
     def _split(self, tokens: tuple[int, ...], size: int) -> tuple[list[tuple[tuple[int, ...], float, float]], int]:
         """Segments (tokens, start, end seconds within the window) and the frames to advance (Whisper's rules)."""
-        begin = self.engine.timestamp_begin
+        begin = self.engine.tokens.timestamp_begin
         is_stamp = [t >= begin for t in tokens]
         single_ending = is_stamp[-2:] == [False, True]
         closes = [i + 1 for i in range(len(tokens) - 1) if is_stamp[i] and is_stamp[i + 1]]
@@ -225,10 +225,9 @@ class LongformFile:
 
     def _add_words(self, segments: list[Segment], window: DecodedWindow, size: int,
                    offset: float) -> tuple[list[Segment], float | None]:
-        eot = self.engine.eot_token_id
-        per_segment = [[t for t in s.tokens if t < eot] for s in segments]
-        config = self.engine.target.generation_config
-        prefix = decoder_prompt(config, window.language, self.options.window.task, timestamps=False)
+        tokens = self.engine.tokens
+        per_segment = [tokens.text_ids(s.tokens) for s in segments]
+        prefix = tokens.prompt(window.language, self.options.window.task, timestamps=False)
         timings = align_words(self.engine.target, window.encoder_output, prefix,
                               [t for ids in per_segment for t in ids], size, window.language)
         timings = tidy_words(timings)

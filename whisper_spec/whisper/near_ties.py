@@ -7,7 +7,7 @@ copy of the target's decoder, run on one prefix at a time from position 0) and t
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -16,9 +16,9 @@ from whisper_spec.whisper.decoder import CachedWhisperDecoder
 
 # Top-two logit margins below which a position is rescored, per dtype. A margin must exceed twice the
 # largest disagreement between a verify pass and a plain step over the same prefix (see
-# ``evaluation/near_ties.py``, which measures it on real speech). For base on a CPU it measured 0.031
-# (float16) and 0.25 (bfloat16) on 15 real clips; a deeper model on GPU kernels may drift further, so
-# these allow 8x and 4x that. Run the measurement for your model and device before lowering them.
+# ``evaluation/near_ties.py``, which measures it on real speech). These allow several times what base
+# measured on a CPU (evaluation/results/measurements-behind-the-defaults.md), since a deeper model on
+# GPU kernels may drift further. Run the measurement for your model and device before lowering them.
 DEFAULT_MARGINS: dict[torch.dtype, float] = {torch.float16: 0.25, torch.bfloat16: 1.0}
 
 
@@ -34,7 +34,7 @@ class ExactDecoder:
         """``decoder``: the target's transformers ``WhisperDecoder`` (copied, then cast to float32)."""
         self.decoder = CachedWhisperDecoder(copy.deepcopy(decoder).float())
 
-    def rescorer(self, encoder_hidden: Tensor) -> "WindowRescorer":
+    def rescorer(self, encoder_hidden: Tensor) -> WindowRescorer:
         return WindowRescorer(self.decoder, encoder_hidden)
 
 

@@ -10,8 +10,8 @@ are the same with and without speculative decoding.
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ def align_words(checkpoint, encoder_output: Tensor, prefix: Sequence[int], text_
     if not text_tokens:
         return []
     tokenizer = checkpoint.tokenizer
-    eot = tokenizer.get_vocab()["<|endoftext|>"]
+    eot = checkpoint.tokens.eot
     decoder = checkpoint.model.model.decoder
     heads = [tuple(h) for h in checkpoint.generation_config.alignment_heads]
     layers = sorted({layer for layer, _ in heads})

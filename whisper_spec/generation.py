@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Callable
 
 import torch
 
@@ -22,11 +22,9 @@ from whisper_spec.text.engine import SpeculativeLM
 
 DEFAULT = "default"  # draft=DEFAULT: the best measured draft for the target, if one is known
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
-# Default drafts per bundled target. For the 1.5B, evaluation/text_benchmark.py on a quiet 2-core CPU
-# (3 code-edit + 3 chat prompts x 128 tokens, speed-up over transformers' greedy, 2026-12-01) gave
-# prompt lookup then the 0.5B 2.90x on code and 1.45x on chat, the 0.5B alone 2.34x / 1.54x, SmolLM2-135M
-# 1.90x / 1.54x, prompt lookup alone 1.99x / 1.00x: lookup-then-0.5B is the best over both kinds. The
-# others are unmeasured; prompt lookup costs them nothing.
+# Default drafts per bundled target: for the 1.5B, lookup-then-0.5B measured best over code and chat
+# (evaluation/results/measurements-behind-the-defaults.md); the others are unmeasured, and prompt lookup
+# costs them nothing.
 DEFAULT_DRAFTS: dict[str, str] = {
     "qwen2.5-coder-1.5b": "prompt-lookup+qwen2.5-coder-0.5b",
     "qwen2.5-coder-0.5b": PROMPT_LOOKUP,

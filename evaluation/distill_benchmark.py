@@ -1,6 +1,9 @@
-"""Benchmark: ``transcribe()`` end to end with no draft, a distilled draft and other drafts; prints a table.
+"""Benchmark: ``WhisperModel.transcribe`` end to end with no draft, a distilled draft and other drafts.
 
-    python -m whisper_spec.distill.benchmark --target base --draft distilled --draft tiny.en --repeats 3
+    python -m evaluation.distill_benchmark --target base --draft distilled --draft tiny.en --repeats 3
+
+Each mode is one ``WhisperModel`` on the same loaded target, kept for the whole run (as a user transcribing
+a folder keeps one), so its draft-length policies learn across clips.
 
 Every clip is transcribed by every mode in turn, round after round, so that a machine whose load
 changes during the run slows all modes alike; each mode's time is its median over rounds, summed over
@@ -18,7 +21,7 @@ import torch
 
 from whisper_spec.audio import load_audio
 from whisper_spec.core.stats import SpeculationStats
-from whisper_spec.transcribe import load_pipeline, transcribe
+from whisper_spec.model import WhisperModel
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
@@ -42,16 +45,17 @@ def run(target: str, drafts: list[str | None], clips: list[Path], repeats: int,
         options.update(draft_length=fixed_draft_length, adaptive_draft_length=False)
     elif draft_length is not None:
         options.update(draft_length=draft_length)
-    for draft in drafts:
-        load_pipeline(target, draft)  # load outside the clock
-        transcribe(audio[0], target=target, draft=draft, **options)  # warm-up
+    baseline = WhisperModel(target, None)  # loaded outside the clock
+    models = {draft: baseline.with_draft(draft) for draft in drafts}
+    for model in models.values():
+        model.transcribe(audio[0], **options)  # warm-up
     walls = {d: [[] for _ in audio] for d in drafts}
     stats = {d: [SpeculationStats() for _ in audio] for d in drafts}
     tokens = {d: [None] * len(audio) for d in drafts}
     for _ in range(repeats):
         for i, samples in enumerate(audio):
             for draft in drafts:
-                result = transcribe(samples, target=target, draft=draft, **options)
+                result = models[draft].transcribe(samples, **options)
                 walls[draft][i].append(result.stats.wall_seconds)
                 stats[draft][i] = result.stats
                 tokens[draft][i] = result.tokens
@@ -72,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="draft K tokens every round (default: the adaptive length, which switches a "
                              "draft that does not pay off, so its acceptance is then not measured)")
     parser.add_argument("--draft-length", type=int, default=None, metavar="K",
-                        help="the largest k of the adaptive length (default: transcribe()'s)")
+                        help="the largest k of the adaptive length (default: each draft's own)")
     parser.add_argument("--draft-confidence", type=float, default=None,
                         help="drafts end a round once the probability they give their proposal falls below "
-                             "this (default: each draft's own choice, as transcribe() does)")
+                             "this (default: each draft's own choice, as transcribe() makes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clips = args.audio or sorted(LIBRIVOX.glob("*.wav"))

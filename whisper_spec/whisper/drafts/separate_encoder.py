@@ -1,0 +1,25 @@
+"""A smaller Whisper with the target's tokenizer and its own encoder, run once per window."""
+
+from __future__ import annotations
+
+from whisper_spec.core.protocols import Drafter
+from whisper_spec.whisper.checkpoints import WhisperCheckpoint
+from whisper_spec.whisper.decoder import CachedWhisperDecoder
+from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, WindowBatch
+from whisper_spec.whisper.drafts.rounds import model_drafter
+from whisper_spec.whisper.features import encode_audio
+
+
+class SeparateEncoderDraft:
+    draft_length = DEFAULT_DRAFT_LENGTH
+    draft_confidence = 0.0
+    reads_target_states = False
+
+    def __init__(self, checkpoint: WhisperCheckpoint, static_steps: bool = False):
+        self.checkpoint = checkpoint
+        self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, static_steps=static_steps)
+
+    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
+        hidden, seconds = encode_audio(self.checkpoint, batch.audio)
+        self.decoder.begin(hidden)
+        return model_drafter(self.decoder, batch, [self.checkpoint.tokens.eot]), seconds
