@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path: Path, m
 def test_unknown_format_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown output format"):
         write_outputs(RESULT, tmp_path / "talk", ["txt", "docx"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_transcripts_get_the_permissions_an_ordinary_new_file_gets(tmp_path: Path, umask):
+    previous = os.umask(umask)
+    try:
+        paths = write_outputs(RESULT, tmp_path / "talk", ["txt", "srt"])
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o666 & ~umask] * 2
+
+
+def test_rewriting_a_transcript_keeps_the_permissions_it_was_given(tmp_path: Path):
+    target = tmp_path / "talk.txt"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    write_outputs(RESULT, tmp_path / "talk", ["txt"])
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() != "old\n"

@@ -8,29 +8,39 @@ system. A reader sees the old content or all of the new, never a part.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 COMPLETE_MARKER = ".whisper_spec_complete"  # written last inside a directory built by ``atomic_directory``
 _STALE_SECONDS = 6 * 3600  # temporary directories older than this were left by crashed processes
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that ``path`` holds either its old content or all of the new."""
+    """Write ``text`` to ``path`` so that ``path`` holds either its old content or all of the new.
+
+    The file gets the permissions an ordinary write would give it: those of the file it replaces, or for
+    a new file 0666 less the umask (a temporary file from ``tempfile`` would be 0600, unreadable to a web
+    server or a colleague).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
+            if path.exists():
+                os.chmod(out.fileno(), stat.S_IMODE(path.stat().st_mode))
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         raise
 
 
