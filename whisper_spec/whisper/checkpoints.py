@@ -42,6 +42,7 @@ __all__ = [
     "cache_dir",
     "bundled_models",
     "resolve_bundle_dir",
+    "bundle_ctranslate2_dir",
 ]
 
 # Bump when the conversion output changes, so stale caches are rebuilt instead of reused.
@@ -220,22 +221,30 @@ def _assemble_bundle(name: str, dst: Path) -> None:
             shutil.copyfile(files["meta"] / fname, dst / fname)
 
 
+def _bundle_key(name: str) -> str:
+    return _short_hash(_CONVERTER_VERSION, name, _dist_versions(name))
+
+
+def bundle_ctranslate2_dir(name: str) -> Path:
+    """A complete CTranslate2 directory of bundled model ``name`` (what faster-whisper loads as it is).
+
+    A single-part bundle is already one inside site-packages; a split one is assembled once in the cache.
+    """
+    resolve_bundle_dir(name)  # fail fast with the pip hint before touching the cache
+    if len(_BUNDLES[name].parts) == 1:
+        return resolve_bundle_dir(name)["meta"]
+    # Split bundles: model.bin exists nowhere in one piece, so assemble it inside the cache.
+    return atomic_directory(cache_dir() / "ctranslate2" / f"{name}-{_bundle_key(name)}",
+                            lambda tmp: _assemble_bundle(name, tmp), _MARKER_TEXT)
+
+
 def _converted_bundle(name: str) -> Path:
     """Transformers checkpoint dir for bundle ``name``, converting (once) if not cached."""
     from .ctranslate2 import convert_ctranslate2
 
-    key = _short_hash(_CONVERTER_VERSION, name, _dist_versions(name))
-    root = cache_dir()
-    resolve_bundle_dir(name)  # fail fast with the pip hint before touching the cache
-    bundle = _BUNDLES[name]
-    if len(bundle.parts) == 1:
-        ct2_dir = resolve_bundle_dir(name)["meta"]  # already a complete CT2 dir inside site-packages
-    else:
-        # Split bundles: model.bin exists nowhere in one piece, so assemble it inside the cache.
-        ct2_dir = atomic_directory(root / "ctranslate2" / f"{name}-{key}", lambda tmp: _assemble_bundle(name, tmp),
-                                   _MARKER_TEXT)
-    return atomic_directory(root / "transformers" / f"{name}-{key}", lambda tmp: convert_ctranslate2(ct2_dir, tmp),
-                            _MARKER_TEXT)
+    ct2_dir = bundle_ctranslate2_dir(name)
+    return atomic_directory(cache_dir() / "transformers" / f"{name}-{_bundle_key(name)}",
+                            lambda tmp: convert_ctranslate2(ct2_dir, tmp), _MARKER_TEXT)
 
 
 def _converted_local_ct2(path: Path) -> Path:
