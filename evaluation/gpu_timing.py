@@ -39,11 +39,11 @@ from transformers import (
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 from transformers.utils import logging as transformers_logging
 
-from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
+from whisper_spec.core.protocols import DraftRequest, Proposal
 from whisper_spec.core.stats import synchronize
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint, load_whisper
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts import WindowBatch
+from whisper_spec.whisper.drafts import DraftSetup, WindowBatch, WindowDrafter
 from whisper_spec.whisper.drafts.shared_encoder import SharedEncoderDraft
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
 from whisper_spec.whisper.features import log_mel
@@ -162,16 +162,18 @@ class OracleDraft:
         self.probability = 1.0
         self.generator = torch.Generator()
 
-    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
-        drafter, seconds = self.inner.start(batch)
-        return _OracleDrafter(drafter, self, [len(p) for p in batch.prompts]), seconds
+    def start(self, setup: DraftSetup) -> _OracleDrafter:
+        return _OracleDrafter(self.inner.start(setup), self, setup.rules.prompt_lengths)
 
 
 class _OracleDrafter:
-    def __init__(self, inner: Drafter, draft: OracleDraft, prompt_lengths: Sequence[int]):
+    def __init__(self, inner: WindowDrafter, draft: OracleDraft, prompt_lengths: Sequence[int]):
         self.inner = inner
         self.draft = draft
-        self.prompt_lengths = prompt_lengths
+        self.prompt_lengths = prompt_lengths  # per row, kept up to date as windows join
+
+    def admit(self, batch: WindowBatch) -> float:
+        return self.inner.admit(batch)
 
     def propose(self, request: DraftRequest) -> Proposal:
         paid = self.inner.propose(request)  # the draft model's real cost, its own tokens discarded

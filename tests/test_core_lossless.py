@@ -7,7 +7,7 @@ import torch
 from conftest import HashModel, OracleDrafter
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from whisper_spec.core.loop import DecodeOptions, speculative_decode
+from whisper_spec.core.loop import DecodeOptions, SpeculativeBatch, speculative_decode
 from whisper_spec.core.model_roles import ModelDrafter, ModelVerifier, PrefixHidingDrafter
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 
@@ -61,6 +61,37 @@ def test_a_random_model_drafter_never_changes_the_greedy_output(seed, adaptive):
         PROMPTS, [STOP], DecodeOptions(max_new_tokens=40, draft_length=5, adaptive_draft_length=adaptive))
     assert [r.tokens for r in result.rows] == [r.tokens for r in reference.rows]
     assert 0 < result.stats.accepted < result.stats.drafted
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rows_that_join_a_running_batch_decode_as_they_would_alone(seed):
+    """Continuous batching: two slots, five prompts joining as slots free up, each with its own budget."""
+    prompts = PROMPTS + [[5, 6]]
+    budgets = [30, 7, 25, 12, 18]
+    alone = [greedy(seed, [p], b).rows[0].tokens for p, b in zip(prompts, budgets)]
+    target = HashModel(VOCAB, 2, seed)
+    draft = HashModel(VOCAB, 2, seed + 100)
+    draft.table[: 600] = target.table[: 600]
+    draft.weights = target.weights
+    verifier, drafter = ModelVerifier(target, 2), ModelDrafter(draft, 2, stop_token_ids=[STOP])
+    batch = SpeculativeBatch(verifier, drafter, [STOP], DecodeOptions(max_new_tokens=40, draft_length=4))
+    waiting, slot_of, decoded, rounds_shared = list(range(len(prompts))), {}, {}, 0
+    while waiting or batch.active:
+        for slot in (s for s in range(2) if s not in batch.active):
+            if waiting:
+                i = waiting.pop(0)
+                verifier.cache.forget([slot])
+                drafter.cache.forget([slot])
+                batch.add(slot, prompts[i], budgets[i])
+                slot_of[slot] = i
+        rounds_shared += len(batch.active) == 2
+        for slot, row in batch.round():
+            decoded[slot_of[slot]] = row.tokens
+    assert [decoded[i] for i in range(len(prompts))] == alone
+    assert rounds_shared > 0 and batch.stats.accepted > 0
+    with pytest.raises(ValueError, match="still decoding"):
+        batch.add(0, [1])
+        batch.add(0, [1])
 
 
 def test_a_draft_shown_part_of_each_prompt_stays_lossless_while_its_rules_see_whole_sequences():

@@ -115,3 +115,47 @@ def test_a_model_streams_segments_and_transcribes_files_as_it_transcribes_one(mo
     assert set(finished) == {"a", "b"}
     assert finished["a"].tokens == alone.tokens and finished["a"].segments == alone.segments
     assert finished["b"].audio_seconds < finished["a"].audio_seconds
+
+
+def test_files_that_arrive_mid_decode_join_at_the_next_round_and_match_their_solo_transcripts(model):
+    """Continuous batching through a ``FileQueue``: a short file put while a long-form file's first window
+    is mid-decode joins at the next round and finishes before that window does; a file with its own
+    initial prompt and one cancelled mid-decode share the batch; every transcript equals its solo one."""
+    import numpy as np
+
+    from whisper_spec import FileQueue, FileRequest, TranscribeOptions
+    from whisper_spec.audio import SAMPLE_RATE, load_audio
+
+    librivox = Path("/usr/share/pocketsphinx/test/data/librivox")
+    allison = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+    clips = [load_audio(p) for p in sorted(librivox.glob("*.wav"))]
+    clips += [load_audio(allison / f"{name}.wav") for name in ("vm-review", "conf-onlyperson", "vm-intro")]
+    gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    long = np.concatenate([piece for clip in clips[:7] for piece in (clip, gap)])
+    assert len(long) / SAMPLE_RATE > 35
+    options = TranscribeOptions(language="en", timestamps=True)
+    alone = {"long": model.transcribe(long, options), "late": model.transcribe(clips[7], options),
+             "prompted": model.transcribe(clips[1], options, initial_prompt="Mrs. Dashwood, Elinor and Marianne.")}
+
+    queue, rounds, cancel = FileQueue(), [0], [False]
+
+    def tick() -> bool:  # asked once per round: the late file arrives at round 3, the doomed one goes at 5
+        rounds[0] += 1
+        if rounds[0] == 3:
+            queue.put(FileRequest("late", clips[7]))
+            queue.close()
+        cancel[0] = cancel[0] or rounds[0] >= 5
+        return False
+
+    queue.put(FileRequest("long", long, cancelled=tick))
+    queue.put(FileRequest("prompted", clips[1], initial_prompt="Mrs. Dashwood, Elinor and Marianne."))
+    queue.put(FileRequest("doomed", clips[2], cancelled=lambda: cancel[0]))
+    order, finished = [], {}
+    for step in model.transcribe_files(queue, options, batch_size=4):
+        order.append(step.key)
+        if step.transcription is not None:
+            finished[step.key] = step.transcription
+    assert set(finished) == {"long", "prompted", "late"}  # the cancelled file gives nothing more
+    for key, transcription in finished.items():
+        assert transcription.tokens == alone[key].tokens and transcription.segments == alone[key].segments, key
+    assert order.index("late") < order.index("long")  # it did not wait for the long file's window to end

@@ -19,8 +19,9 @@ from whisper_spec.audio import load_audio
 from whisper_spec.draft_specs import resolve_draft
 from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.drafts.cross_tokenizer import CrossTokenizerDraft
+from whisper_spec.whisper.drafts.protocol import Admitting
 from whisper_spec.whisper.drafts.separate_encoder import SeparateEncoderDraft
-from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
+from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions, WindowRequest
 
 CLIPS = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0870.wav",
          LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0890.wav",
@@ -130,11 +131,12 @@ def test_the_whole_start_of_a_draft_is_priced_not_only_its_encoder(base, audio, 
         draft_confidence = 0.0
         reads_target_states = False
 
-        def start(self, batch):
+        def start(self, setup):
             time.sleep(1.0)
-            oracle = OracleDrafter({0: list(reference[0]) + [eot]}, [len(p) for p in batch.prompts],
+            # the rules' prompt lengths are the rows' own, updated as windows join
+            oracle = OracleDrafter({0: list(reference[0]) + [eot]}, setup.rules.prompt_lengths,
                                    base.model.config.vocab_size, right=True)
-            return oracle, 0.0  # no encoder of its own
+            return Admitting(oracle, lambda batch: 0.0)  # no encoder of its own
 
     engine = SpeculativeWhisper(base, SlowStartingOracle())
     options = WindowOptions(language="en")
@@ -158,3 +160,42 @@ def test_fixed_shape_steps_batched_speculation_gives_every_rows_own_greedy_token
     # every pass went through the fixed-shape steps, one shape per (tokens, outputs) seen
     assert engine.decoder._steps._shapes and draft.decoder._steps._shapes
     assert {len(w.tokens) for w in windows} != {len(windows[0].tokens)}  # rows really finish apart
+
+
+CONTINUOUS_DRAFTS = {**DRAFTS, "distilled (shipped)": lambda base: resolve_draft("distilled", base)}
+
+
+@pytest.mark.parametrize("kind", list(CONTINUOUS_DRAFTS))
+def test_windows_that_join_a_running_batch_get_the_targets_own_tokens(kind, base, audio, reference):
+    """Continuous batching: two rows, five clips; each clip joins as soon as a row frees up, while the
+    other row is mid-decode, and still decodes to transformers' greedy tokens for it alone."""
+    engine = SpeculativeWhisper(base, CONTINUOUS_DRAFTS[kind](base))
+    slots = engine.slots(2, WindowOptions(language="en", draft_length=5, adaptive_draft_length=False))
+    waiting = list(range(len(audio)))
+    decoded, joined_mid_decode = {}, 0
+    while waiting or slots.busy:
+        joining = [(i, WindowRequest(audio[i], (), None)) for i in waiting[: len(slots.free)]]
+        if joining:
+            joined_mid_decode += slots.busy
+            slots.admit(joining)
+            waiting = waiting[len(joining):]
+        decoded.update(slots.round())
+    slots.close()
+    assert [decoded[i].tokens for i in range(len(audio))] == reference
+    assert joined_mid_decode >= 2
+    if engine.draft is not None:
+        assert sum(w.stats.drafted for w in decoded.values()) > 0
+
+
+def test_a_window_dropped_mid_decode_frees_its_row_and_disturbs_no_other(base, audio, reference):
+    engine = SpeculativeWhisper(base, resolve_draft("distilled", base))
+    slots = engine.slots(2, WindowOptions(language="en"))
+    slots.admit([("gone", WindowRequest(audio[0], (), None)), (1, WindowRequest(audio[1], (), None))])
+    slots.round()
+    slots.cancel("gone")
+    assert slots.free == [0]
+    slots.admit([(2, WindowRequest(audio[2], (), None))])
+    decoded = {}
+    while slots.busy:
+        decoded.update(slots.round())
+    assert "gone" not in decoded and [decoded[1].tokens, decoded[2].tokens] == reference[1:3]

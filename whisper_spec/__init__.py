@@ -24,6 +24,8 @@ _EXPORTS = {
     "Transcription": "whisper_spec.transcription",
     "SegmentStream": "whisper_spec.transcription",
     "Segment": "whisper_spec.whisper.longform",
+    "FileRequest": "whisper_spec.whisper.longform",
+    "FileQueue": "whisper_spec.whisper.longform",
     "Word": "whisper_spec.whisper.longform",
     "SpeculationStats": "whisper_spec.core.stats",
     "generate": "whisper_spec.generation",
@@ -31,14 +33,15 @@ _EXPORTS = {
     "Generation": "whisper_spec.generation",
 }
 __all__ = ["WhisperModel", "FileProgress", "transcribe", "TranscribeOptions", "Transcription", "SegmentStream",
-           "Segment", "Word", "SpeculationStats", "generate", "GenerateOptions", "Generation"]
+           "Segment", "Word", "FileRequest", "FileQueue", "SpeculationStats", "generate", "GenerateOptions",
+           "Generation"]
 
 if TYPE_CHECKING:
     from whisper_spec.core.stats import SpeculationStats
     from whisper_spec.generation import GenerateOptions, Generation, generate
     from whisper_spec.model import FileProgress, WhisperModel, transcribe
     from whisper_spec.transcription import SegmentStream, TranscribeOptions, Transcription
-    from whisper_spec.whisper.longform import Segment, Word
+    from whisper_spec.whisper.longform import FileQueue, FileRequest, Segment, Word
 
 
 def __getattr__(name: str):

@@ -25,7 +25,7 @@ from whisper_spec.presets import DEFAULT, resolve_models
 from whisper_spec.transcription import SegmentStream, TranscribeOptions, Transcription
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint, load_whisper
 from whisper_spec.whisper.engine import SpeculativeWhisper
-from whisper_spec.whisper.longform import LongformResult, Segment, decode_files
+from whisper_spec.whisper.longform import FileQueue, FileRequest, LongformResult, Segment, decode_files
 
 Audio = str | PathLike | np.ndarray  # a path to anything soundfile or ffmpeg reads, or 16 kHz mono samples
 
@@ -130,28 +130,25 @@ class WhisperModel:
             pass
         return segments.transcription
 
-    def transcribe_files(self, files: Iterable[tuple[Hashable, np.ndarray]], options: TranscribeOptions | None = None,
-                         *, batch_size: int = 1) -> Iterator[FileProgress]:
-        """Transcribe many recordings, ``batch_size`` of them decoded together (one 30-s window of each per step).
+    def transcribe_files(self, files: Iterable[tuple[Hashable, np.ndarray] | FileRequest] | FileQueue,
+                         options: TranscribeOptions | None = None, *, batch_size: int = 1) -> Iterator[FileProgress]:
+        """Transcribe many recordings, up to ``batch_size`` of them decoded together in one batch of rows.
 
-        ``files`` yields (key, 16 kHz mono samples) and is read lazily, as rows free up. Every file is
-        decoded with timestamps unless ``options.timestamps`` is False (one batch decodes in one mode);
-        a file's transcript does not depend on what it was batched with. Each file's wall time counts from
-        when it was read from ``files``.
+        ``files`` yields (key, 16 kHz mono samples) pairs or ``FileRequest``s (which may also carry a
+        language, an initial prompt and a cancellation check), and is read lazily, as rows free up; a
+        ``FileQueue`` also takes files that arrive while others decode (a server's requests) and blocks
+        while nothing is in flight, until it is closed. A window joins the batch between speculative
+        rounds as soon as a row is free, and a finished one leaves at once. Every file is decoded with
+        timestamps unless ``options.timestamps`` is False (one batch decodes in one mode); a file's
+        transcript does not depend on what it was batched with. Each file's wall time counts from when
+        decoding took it.
         """
         longform = (options or TranscribeOptions()).longform_options(float("inf"))
-        started: dict[Hashable, float] = {}
-
-        def timed() -> Iterator[tuple[Hashable, np.ndarray]]:
-            for key, samples in files:
-                started[key] = time.perf_counter()
-                yield key, samples
-
-        for step in decode_files(self.engine, timed(), longform, batch_size):
+        for step in decode_files(self.engine, files, longform, batch_size):
             transcription = None
             if step.result is not None:
                 transcription = Transcription.from_longform(step.result, self.target, self.draft,
-                                                            time.perf_counter() - started.pop(step.key))
+                                                            step.result.elapsed_seconds)
             yield FileProgress(step.key, step.segments, step.seconds_done, transcription)
 
 

@@ -32,6 +32,9 @@ class TranscribeOptions:
     # float16/bfloat16 greedy: top-two margins below this are decided in float32, so that speculative output
     # equals the same precision's greedy output; None: the dtype's default; 0: off (see whisper.near_ties)
     near_tie_margin: float | None = None
+    # text that comes before the audio (a glossary, the previous part's transcript): the first window is
+    # prompted with it, as Whisper's initial_prompt and OpenAI's ``prompt``
+    initial_prompt: str | None = None
 
     def longform_options(self, audio_seconds: float) -> LongformOptions:
         timestamps = self.word_timestamps or (
@@ -41,7 +44,8 @@ class TranscribeOptions:
                                draft_confidence=self.draft_confidence, temperature=self.temperature,
                                seed=self.seed, timestamps=timestamps, near_tie_margin=self.near_tie_margin)
         return LongformOptions(window, self.condition_on_previous_text, self.no_speech_threshold,
-                               self.logprob_threshold, self.compression_ratio_threshold, self.word_timestamps)
+                               self.logprob_threshold, self.compression_ratio_threshold, self.word_timestamps,
+                               initial_prompt=self.initial_prompt)
 
 
 @dataclass(frozen=True)

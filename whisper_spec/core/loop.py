@@ -4,7 +4,9 @@ Each round has four steps, one function each: ``propose`` (the drafter proposes 
 row), ``score`` (the verifier scores all of them in one forward pass), ``accept`` (each row keeps the
 longest prefix the acceptance rule allows plus one token of the target's own) and ``commit`` (the tokens
 join the sequences, rows that finished leave the batch). Without a drafter (or at k = 0) a round is one
-plain decoding step, so the baseline runs through the same code.
+plain decoding step, so the baseline runs through the same code. ``SpeculativeBatch`` holds the rows
+between rounds, so new rows may join at any round (continuous batching, as LLM servers do);
+``speculative_decode`` is the batch whose rows all start together.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ TokenCallback = Callable[[int, list[int]], None]  # (row, newly committed tokens
 class _Row:
     sequence: list[int]
     prompt_length: int
+    max_new_tokens: int  # this row's budget, its stop token included
     from_draft: list[bool] = field(default_factory=list)
     stopped: bool = False
     stats: SpeculationStats = SpeculationStats()
@@ -72,17 +75,12 @@ class _Row:
     def generated(self) -> int:
         return len(self.sequence) - self.prompt_length
 
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.generated >= self.max_new_tokens
 
-@dataclass
-class _Decode:
-    """Everything a decode keeps between rounds."""
-
-    rows: list[_Row]
-    active: list[int]  # indices of the rows still decoding
-    watch: Stopwatch
-    generator: torch.Generator | None
-    stats: SpeculationStats = SpeculationStats()  # the whole batch so far
-    draft_read: DraftRead = DraftRead.PROMPT  # what the draft must read before its next proposal
+    def result(self) -> DecodedRow:
+        return DecodedRow(tuple(self.sequence[self.prompt_length:]), tuple(self.from_draft), self.stopped, self.stats)
 
 
 @dataclass(frozen=True)
@@ -90,6 +88,82 @@ class _Proposed:
     drafts: list[list[int]]  # per active row, cut to the row's token budget
     proposal: Proposal | None  # None: no draft this round
     seconds: float
+
+
+class SpeculativeBatch:
+    """A batched decode that rows join and leave between rounds (continuous batching).
+
+    Rows are slots ``0 .. capacity - 1`` of the verifier's and drafter's per-row state; a row joins with
+    ``add`` (after the adapter has reset that slot's state for its new prompt) and leaves when it stops,
+    when its budget is spent or when ``remove`` drops it. Each row's greedy output is the target's own
+    whatever joins or leaves beside it: acceptance is per row, and a row's logits depend on its own
+    sequence only.
+    """
+
+    def __init__(self, verifier: Verifier, drafter: Drafter | None, stop_token_ids: Sequence[int],
+                 options: DecodeOptions, controller: DraftLengthPolicy | None = None,
+                 device: torch.device | str | None = None):
+        """``controller`` chooses k each round; pass one that outlives this batch to carry what it measured
+        over to the next (it then also learns from batches without a drafter: their steps are what
+        drafting must beat)."""
+        self.verifier, self.drafter, self.options = verifier, drafter, options
+        self.controller = controller or draft_length_policy(options.draft_length if drafter is not None else 0,
+                                                            options.adaptive_draft_length, options.draft_confidence > 0)
+        self.generator = None
+        if options.temperature > 0 and options.seed is not None:
+            self.generator = torch.Generator(device=device or "cpu").manual_seed(options.seed)
+        self.stops = frozenset(stop_token_ids)
+        self.watch = Stopwatch(device)
+        self.rows: dict[int, _Row] = {}  # the rows decoding now, by slot
+        self.stats = SpeculationStats()  # every round so far, each forward call counted once
+        self.draft_read = DraftRead.PROMPT  # what the draft must read before its next proposal
+        self.prompts_pending = True  # a row joined since the last round: the next verify pass reads its prompt
+
+    @property
+    def active(self) -> list[int]:
+        return sorted(self.rows)
+
+    def add(self, row: int, prompt: Sequence[int], max_new_tokens: int | None = None) -> None:
+        """Row ``row`` starts decoding after ``prompt``, for up to ``max_new_tokens`` (default the options')."""
+        if row in self.rows:
+            raise ValueError(f"row {row} is still decoding")
+        budget = self.options.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if budget < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {budget}")
+        self.rows[row] = _Row(list(prompt), len(prompt), budget)
+        self.prompts_pending = True
+
+    def start_drafting(self, drafter: Drafter) -> None:
+        """From the next round on, ``drafter`` proposes (it reads every row's sequence so far first)."""
+        self.drafter = drafter
+        self.draft_read = DraftRead.PROMPT
+
+    def remove(self, row: int) -> DecodedRow:
+        """Drop row ``row`` before it finished (its caller gave up on it); returns what it decoded so far."""
+        return self.rows.pop(row).result()
+
+    def round(self, on_tokens: TokenCallback | None = None) -> list[tuple[int, DecodedRow]]:
+        """One draft/verify round over the active rows; returns the rows it finished, which leave."""
+        active = self.active
+        rows = torch.tensor(active, dtype=torch.long)
+        sequences = [self.rows[r].sequence for r in active]
+        # the round also yields one token of the target's own, so a draft may use all but one of the budget
+        room = [self.rows[r].max_new_tokens - self.rows[r].generated - 1 for r in active]
+        request = DraftRequest(rows, sequences, 0, self.options.temperature, self.generator,
+                               self.options.draft_confidence)
+        proposed = propose(self.drafter, self.controller, request, room, self.watch)
+        with self.watch.phase("verify") as verify:
+            logits = self.verifier.score(rows, sequences, proposed.drafts)
+        n_accepted, next_tokens = accept(logits, proposed, self.options.temperature, self.generator)
+        self.controller.observe(commit(self, active, proposed, n_accepted, next_tokens, verify.seconds, on_tokens))
+        finished = [r for r in active if self.rows[r].done]
+        return [(r, self.rows.pop(r).result()) for r in finished]
+
+    def finish(self, draft_setup_seconds: float = 0.0) -> None:
+        """Tell the controller what starting the drafter cost these rounds (all of its start: a separate
+        encoder, cross-attention keys and values), which it spreads over the rounds it served."""
+        if self.drafter is not None:
+            self.controller.observe_decode(setup_seconds=draft_setup_seconds, rounds=self.stats.rounds)
 
 
 def speculative_decode(
@@ -103,41 +177,17 @@ def speculative_decode(
     controller: DraftLengthPolicy | None = None,
     draft_setup_seconds: float = 0.0,
 ) -> DecodeResult:
-    """Decode every prompt to a stop token or ``max_new_tokens``; greedy output equals the target's own.
-
-    ``controller`` chooses k each round; pass one that outlives this call to carry what it measured over
-    to the next decode (it then also learns from decodes without a drafter: their steps are what drafting
-    must beat). ``draft_setup_seconds`` is what starting ``drafter`` for this decode cost (all of its
-    start: a separate encoder, cross-attention keys and values), which the controller spreads over the
-    rounds it serves.
-    """
-    if controller is None:
-        controller = draft_length_policy(options.draft_length if drafter is not None else 0,
-                                         options.adaptive_draft_length, options.draft_confidence > 0)
-    generator = None
-    if options.temperature > 0 and options.seed is not None:
-        generator = torch.Generator(device=device or "cpu").manual_seed(options.seed)
-    decode = _Decode([_Row(list(p), len(p)) for p in prompts], list(range(len(prompts))), Stopwatch(device),
-                     generator)
-    stops = frozenset(stop_token_ids)
-    while decode.active:
-        rows = torch.tensor(decode.active, dtype=torch.long)
-        sequences = [decode.rows[r].sequence for r in decode.active]
-        # the round also yields one token of the target's own, so a draft may use all but one of the budget
-        room = [options.max_new_tokens - decode.rows[r].generated - 1 for r in decode.active]
-        proposed = propose(drafter, controller, DraftRequest(rows, sequences, 0, options.temperature,
-                                                             decode.generator, options.draft_confidence),
-                           room, decode.watch)
-        with decode.watch.phase("verify") as verify:
-            logits = verifier.score(rows, sequences, proposed.drafts)
-        n_accepted, next_tokens = accept(logits, proposed, options.temperature, decode.generator)
-        controller.observe(commit(decode, proposed, n_accepted, next_tokens, verify.seconds, stops, options,
-                                  on_tokens))
-    if drafter is not None:
-        controller.observe_decode(setup_seconds=draft_setup_seconds, rounds=decode.stats.rounds)
-    rows = tuple(DecodedRow(tuple(r.sequence[r.prompt_length:]), tuple(r.from_draft), r.stopped, r.stats)
-                 for r in decode.rows)
-    return DecodeResult(rows, decode.stats)
+    """Decode every prompt (row i: ``prompts[i]``) to a stop token or ``max_new_tokens``; greedy output
+    equals the target's own. A ``SpeculativeBatch`` whose rows all join at the start; see it for
+    ``controller`` and ``SpeculativeBatch.finish`` for ``draft_setup_seconds``."""
+    batch = SpeculativeBatch(verifier, drafter, stop_token_ids, options, controller, device)
+    for row, prompt in enumerate(prompts):
+        batch.add(row, prompt)
+    done: dict[int, DecodedRow] = {}
+    while batch.rows:
+        done.update(batch.round(on_tokens))
+    batch.finish(draft_setup_seconds)
+    return DecodeResult(tuple(done[row] for row in range(len(prompts))), batch.stats)
 
 
 def propose(drafter: Drafter | None, controller: DraftLengthPolicy, request: DraftRequest, room: list[int],
@@ -180,42 +230,39 @@ def accept(logits: Tensor, proposed: _Proposed, temperature: float,
     return n_accepted.tolist(), next_token.tolist()
 
 
-def commit(decode: _Decode, proposed: _Proposed, n_accepted: list[int], next_tokens: list[int],
-           verify_seconds: float, stops: frozenset[int], options: DecodeOptions,
-           on_tokens: TokenCallback | None) -> RoundReport:
-    """Append each row's accepted tokens and the target's own, count the round, drop finished rows."""
+def commit(batch: SpeculativeBatch, active: list[int], proposed: _Proposed, n_accepted: list[int],
+           next_tokens: list[int], verify_seconds: float, on_tokens: TokenCallback | None) -> RoundReport:
+    """Append each active row's accepted tokens and the target's own, and count the round."""
     draft_calls = proposed.proposal.forward_calls if proposed.proposal is not None else 0
     width = max(len(d) for d in proposed.drafts)
-    served, still_active, rejections = len(decode.active), [], 0
-    for r, draft, n, token in zip(decode.active, proposed.drafts, n_accepted, next_tokens):
-        row = decode.rows[r]
+    rejections = 0
+    for r, draft, n, token in zip(active, proposed.drafts, n_accepted, next_tokens):
+        row = batch.rows[r]
         new_tokens = draft[:n] + [token]
-        stop = next((j for j, t in enumerate(new_tokens) if t in stops), None)
+        stop = next((j for j, t in enumerate(new_tokens) if t in batch.stops), None)
         if stop is not None:
             new_tokens, row.stopped = new_tokens[: stop + 1], True
-        new_tokens = new_tokens[: options.max_new_tokens - row.generated]
+        new_tokens = new_tokens[: row.max_new_tokens - row.generated]
         row.from_draft.extend(j < n for j in range(len(new_tokens)))
         row.sequence.extend(new_tokens)
         row.stats += SpeculationStats(tokens=len(new_tokens), rounds=1, drafted=len(draft), accepted=n,
                                       target_calls=1, draft_calls=draft_calls, draft_seconds=proposed.seconds,
                                       verify_seconds=verify_seconds, accepted_lengths=((n, 1),) if draft else ())
-        decode.stats += SpeculationStats(tokens=len(new_tokens), drafted=len(draft), accepted=n,
-                                         accepted_lengths=((n, 1),) if draft else ())
+        batch.stats += SpeculationStats(tokens=len(new_tokens), drafted=len(draft), accepted=n,
+                                        accepted_lengths=((n, 1),) if draft else ())
         rejections += int(n < len(draft))
         if on_tokens is not None:
             on_tokens(r, new_tokens)
-        if not row.stopped and row.generated < options.max_new_tokens:
-            still_active.append(r)
-    report = RoundReport(k=width, accepted=sum(n_accepted), rejections=rejections, rows=served,
+    report = RoundReport(k=width, accepted=sum(n_accepted), rejections=rejections, rows=len(active),
                          draft_seconds=proposed.seconds, verify_seconds=verify_seconds,
-                         target_read_prompt=decode.stats.rounds == 0, draft_read=decode.draft_read)
-    decode.stats += SpeculationStats(rounds=1, target_calls=1, draft_calls=draft_calls,
-                                     draft_seconds=proposed.seconds, verify_seconds=verify_seconds)
+                         target_read_prompt=batch.prompts_pending, draft_read=batch.draft_read)
+    batch.stats += SpeculationStats(rounds=1, target_calls=1, draft_calls=draft_calls,
+                                    draft_seconds=proposed.seconds, verify_seconds=verify_seconds)
+    batch.prompts_pending = False
     if width > 0:
-        decode.draft_read = DraftRead.STEADY
-    elif decode.draft_read is DraftRead.STEADY:
-        decode.draft_read = DraftRead.CATCH_UP
-    decode.active = still_active
+        batch.draft_read = DraftRead.STEADY
+    elif batch.draft_read is DraftRead.STEADY:
+        batch.draft_read = DraftRead.CATCH_UP
     return report
 
 

@@ -162,6 +162,10 @@ class PrefixHidingDrafter:
         self.rules = rules
         self.inner = make_drafter(self._rules)
 
+    def restart(self, row: int, hidden: Sequence[int]) -> None:
+        """Row ``row`` starts a new input, of which the inner drafter does not see ``hidden``."""
+        self.hidden[row] = list(hidden)
+
     def _rules(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]],
                logits: Tensor) -> Tensor:
         return self.rules(rows, [self.hidden[r] + list(s) for r, s in zip(rows.tolist(), sequences)], drafts, logits)

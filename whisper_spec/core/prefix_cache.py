@@ -50,6 +50,12 @@ class PrefixCache:
         self.pad_token_id = pad_token_id
         self.cached: list[list[int]] = [[] for _ in range(batch_size)]
 
+    def forget(self, rows: Sequence[int]) -> None:
+        """Rows that start over with another input (their model state, e.g. cross-attention over other
+        audio, is no longer what the cache was computed from): their next call reads everything."""
+        for row in rows:
+            self.cached[row] = []
+
     def logits(self, rows: Tensor, sequences: Sequence[Sequence[int]], n_last: Sequence[int]) -> Tensor:
         """Logits [b, max(n_last), V] at the last ``n_last[i]`` positions of each sequence.
 

@@ -54,6 +54,11 @@ class TextBridgeDrafter:
         self.to_draft = dict(shared_ids or {})
         self.to_target = {d: t for t, d in self.to_draft.items()}
 
+    def restart(self, row: int, draft_prompt: Sequence[int], target_prompt_length: int) -> None:
+        """Row ``row`` starts a new request: the draft's prompt for it, and the target's prompt length."""
+        self.draft_prompts[row] = list(draft_prompt)
+        self.target_prompt_lengths[row] = target_prompt_length
+
     def propose(self, request: DraftRequest) -> Proposal:
         rows = request.rows.tolist()
         generated = [list(s[self.target_prompt_lengths[r]:]) for r, s in zip(rows, request.sequences)]

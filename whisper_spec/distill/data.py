@@ -199,7 +199,7 @@ class TargetLabeler:
         batch = len(audio)
         tokens = checkpoint.tokens
         if self.language is None and tokens.multilingual:
-            languages = detect_language(self.decoder, tokens, batch)
+            languages = detect_language(self.decoder, tokens, range(batch))
         else:
             languages = [self.language or "en"] * batch
         prompts = [tokens.prompt(language, "transcribe", self.timestamps) for language in languages]

@@ -97,20 +97,25 @@ class CachedWhisperDecoder(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
-    @torch.inference_mode()
     def begin(self, encoder_hidden: Tensor, record_hidden: bool = False) -> None:
-        """Start a batch of windows: precompute cross-attention K/V, (re)use the self-attention cache.
+        """Start a batch of windows, one per row: ``reserve`` the rows, then ``begin_rows`` all of them.
 
         Args:
             encoder_hidden: [B, S, D] encoder outputs (S = 1500 for 30-second windows).
             record_hidden: keep every position's final hidden state in ``hidden_states`` [B, P+1, D].
+        """
+        batch, frames, _ = encoder_hidden.shape
+        self.reserve(batch, frames, record_hidden)
+        self.begin_rows(range(batch), encoder_hidden)
 
-        A batch of the same shape as the last one reuses its buffers in place (what a captured CUDA graph
+    @torch.inference_mode()
+    def reserve(self, batch: int, frames: int, record_hidden: bool = False) -> None:
+        """Room for ``batch`` rows of windows of ``frames`` encoder frames; no row holds a window yet.
+
+        The same shape as the last reservation reuses its buffers in place (what a captured CUDA graph
         reads must stay at its address); a new window's reads never reach stale slots, since a token
         attends only to positions of its own window written before it.
         """
-        batch, frames, _ = encoder_hidden.shape
-        encoder_hidden = encoder_hidden.to(device=self.device, dtype=self.dtype)
         # one slot past the last position: a scratch slot that padding tokens write to (never attended)
         shape = (batch, self.num_heads, self.max_positions + 1, self.head_dim)
         cross_shape = (batch, self.num_heads, frames, self.head_dim)
@@ -121,11 +126,29 @@ class CachedWhisperDecoder(nn.Module):
             self._cross_v = [torch.empty(cross_shape, device=self.device, dtype=self.cross_dtype) for _ in self.layers]
             if self._steps is not None:
                 self._steps.clear()
-        for layer, k, v in zip(self.layers, self._cross_k, self._cross_v):
-            k.copy_(self._heads(layer.encoder_attn.k_proj(encoder_hidden)))
-            v.copy_(self._heads(layer.encoder_attn.v_proj(encoder_hidden)))
         self.hidden_states = (torch.zeros(batch, self.max_positions + 1, self.layer_norm.normalized_shape[0],
                                           device=self.device, dtype=self.dtype) if record_hidden else None)
+
+    @torch.inference_mode()
+    def begin_rows(self, rows: Sequence[int], encoder_hidden: Tensor) -> None:
+        """Rows ``rows`` of the reservation start new windows: their cross-attention K/V from
+        ``encoder_hidden`` [n, S, D]; their recorded hidden states, if kept, start at zero. The other
+        rows go on undisturbed (windows join a running batch)."""
+        rows = list(rows)
+        encoder_hidden = encoder_hidden.to(device=self.device, dtype=self.dtype)
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        whole = rows == list(range(self._cross_k[0].shape[0]))
+        for layer, k, v in zip(self.layers, self._cross_k, self._cross_v):
+            new_k = self._heads(layer.encoder_attn.k_proj(encoder_hidden))
+            new_v = self._heads(layer.encoder_attn.v_proj(encoder_hidden))
+            if whole:
+                k.copy_(new_k)
+                v.copy_(new_v)
+            else:
+                k.index_copy_(0, index, new_k.to(k.dtype))
+                v.index_copy_(0, index, new_v.to(v.dtype))
+        if self.hidden_states is not None:
+            self.hidden_states[index] = 0
 
     @torch.inference_mode()
     def forward_cached(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor,

@@ -2,12 +2,13 @@
 
 This is where the Whisper adapters meet the model-agnostic core: the encoder runs once per window,
 the target's cached decoder becomes a ``ModelVerifier``, the draft becomes a ``Drafter``, and
-``core.loop.speculative_decode`` does the rest.
+``core.loop.SpeculativeBatch`` does the rest. ``WindowSlots`` keeps a batch of rows that windows join and
+leave between rounds (continuous batching); ``decode_windows`` is the batch whose windows start together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -15,12 +16,12 @@ import torch
 from torch import Tensor
 
 from whisper_spec.core.draft_length import ControllerMemory
-from whisper_spec.core.loop import DecodeOptions, speculative_decode
+from whisper_spec.core.loop import DecodeOptions, SpeculativeBatch
 from whisper_spec.core.model_roles import ModelVerifier, NearTieRule
 from whisper_spec.core.stats import SpeculationStats, Stopwatch
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts import WhisperDraft, WindowBatch
+from whisper_spec.whisper.drafts import DraftSetup, WhisperDraft, WindowBatch, WindowDrafter
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.language import detect_language
 from whisper_spec.whisper.near_ties import ExactDecoder, default_margin
@@ -64,6 +65,13 @@ class DecodedWindow:
     from_draft: tuple[bool, ...] = field(default=(), compare=False)
 
 
+@dataclass(frozen=True)
+class WindowRequest:
+    audio: np.ndarray  # at most 30 s of 16 kHz samples
+    previous: tuple[int, ...]  # the <|startofprev|> prompt: target ids of the text before the window
+    language: str | None  # None: the options' language, else detected (multilingual targets)
+
+
 class SpeculativeWhisper:
     """A target checkpoint with an optional draft; ``draft=None`` is the target alone (the baseline)."""
 
@@ -105,69 +113,24 @@ class SpeculativeWhisper:
                 prompt; long-form transcription passes the transcript so far); default none.
             languages: per row, a language code or None (detect); default ``options.language`` for all.
         """
-        hidden, encoder_seconds = encode_audio(self.target, audio)
-        self.decoder.begin(hidden, record_hidden=self.draft is not None and self.draft.reads_target_states)
         batch = len(audio)
         previous = previous if previous is not None else [()] * batch
         wanted = list(languages) if languages is not None else [options.language] * batch
         if len(previous) != batch or len(wanted) != batch:
             raise ValueError(f"{batch} windows need {batch} previous-text prompts and languages, "
                              f"got {len(previous)} and {len(wanted)}")
-        if self.tokens.multilingual and any(lang is None for lang in wanted):
-            detected = detect_language(self.decoder, self.tokens, batch)
-            wanted = [lang or found for lang, found in zip(wanted, detected)]
-        languages = [lang or "en" for lang in wanted]
-        prompts = [self.tokens.prompt(lang, options.task, options.timestamps, prev)
-                   for lang, prev in zip(languages, previous)]
-        rules = self.tokens.rules([len(p) for p in prompts], options.timestamps)
-        margin = options.near_tie_margin if options.near_tie_margin is not None else default_margin(self.decoder.dtype)
-        near_ties = None
-        if margin > 0 and options.temperature == 0:
-            if "decoder" not in self._exact:  # shared with engines made by with_draft (same dict)
-                self._exact["decoder"] = ExactDecoder(self.target.model.model.decoder)
-            near_ties = NearTieRule(margin, self._exact["decoder"].rescorer(hidden))
-        verifier = ModelVerifier(self.decoder, batch, rules, near_ties)
-        no_speech = self._no_speech_probs(verifier, prompts)
-        confidence, max_draft = self._draft_limits(options)
-        # A self-stopping draft is only switched on or off, from its measured round rate, and it agrees less
-        # in the timestamp mode (long-form windows): one bad long-form window had switched it off for the
-        # short ones too. Other drafts share one policy: apart, tiny.en ran its own encoder to relearn each mode.
-        gated = confidence > 0
-        controller = self.draft_lengths.get(max_draft, options.adaptive_draft_length, options.temperature > 0, gated,
-                                            context=("timestamps" if options.timestamps else "text") if gated else None)
-        drafter, setup = None, Stopwatch(self.device)
-        # a draft that measured slower than plain steps is not even started (its encoder is not free)
-        if self.draft is not None and controller.wants_draft():
-            # The policy prices all of a start, not only a separate encoder: a shared-encoder draft's
-            # cross-attention keys and values over 1500 frames, unpriced, kept base drafting for itself
-            # on short clips at a loss.
-            with setup.phase("start"):
-                drafter, draft_encoder_seconds = self.draft.start(
-                    WindowBatch(audio, hidden, prompts, rules, languages, options.task, self.decoder.hidden_states))
-            encoder_seconds += draft_encoder_seconds
-        budget = self.decoder.max_positions - max(len(p) for p in prompts)
-        decode_options = DecodeOptions(
-            max_new_tokens=min(options.max_new_tokens or budget, budget),
-            draft_length=max_draft if drafter is not None else 0,
-            adaptive_draft_length=options.adaptive_draft_length, draft_confidence=confidence,
-            temperature=options.temperature, seed=options.seed)
-        result = speculative_decode(verifier, drafter, prompts, [self.tokens.eot], decode_options,
-                                    device=self.device, controller=controller,
-                                    draft_setup_seconds=setup.seconds["start"])
-        threshold = options.logprob_if_no_speech_above
-        scored = [i for i in range(batch) if threshold is None or no_speech[i] > threshold]
-        logprobs = self._avg_logprobs(verifier, rules, prompts, [result.rows[i].tokens for i in scored], scored)
-        windows = []
-        share = encoder_seconds / batch
-        for i, (row, language) in enumerate(zip(result.rows, languages)):
-            kept = [(t, d) for t, d in zip(row.tokens, row.from_draft) if t != self.tokens.eot]
-            tokens = tuple(t for t, _ in kept)
-            stats = replace(row.stats, encoder_seconds=share, rescored=near_ties.rescored[i] if near_ties else 0)
-            windows.append(DecodedWindow(tokens, self.text(tokens), language, stats,
-                                         no_speech[i], logprobs.get(i), row.stopped,
-                                         hidden[i] if options.return_encoder_output else None,
-                                         from_draft=tuple(d for _, d in kept)))
-        return windows
+        slots = self.slots(batch, options)
+        slots.admit([(i, WindowRequest(a, tuple(p), lang))
+                     for i, (a, p, lang) in enumerate(zip(audio, previous, wanted))])
+        done: dict[int, DecodedWindow] = {}
+        while slots.busy:
+            done.update(slots.round())
+        slots.close()
+        return [done[i] for i in range(batch)]
+
+    def slots(self, capacity: int, options: WindowOptions = WindowOptions()) -> WindowSlots:
+        """``capacity`` rows that windows join and leave between speculative rounds (see ``WindowSlots``)."""
+        return WindowSlots(self, capacity, options)
 
     def _draft_limits(self, options: WindowOptions) -> tuple[float, int]:
         """(confidence threshold, largest k) of this decode: the options', else the draft's own (0 without one)."""
@@ -176,18 +139,20 @@ class SpeculativeWhisper:
         confidence = self.draft.draft_confidence if options.draft_confidence is None else options.draft_confidence
         return confidence, self.draft.draft_length if options.draft_length is None else options.draft_length
 
-    def _no_speech_probs(self, verifier: ModelVerifier, prompts: Sequence[Sequence[int]]) -> list[float]:
-        """Whisper's no-speech probability per row, from the target's raw scores after <|startoftranscript|>.
+    def _no_speech_probs(self, verifier: ModelVerifier, rows: Sequence[int],
+                         prompts: Sequence[Sequence[int]]) -> list[float]:
+        """Whisper's no-speech probability of each of ``rows`` (whose prompts are ``prompts``), from the
+        target's raw scores after <|startoftranscript|>.
 
         Runs the prompts through the verifier's cache, which the first decoding step then reuses.
         """
         if self.tokens.no_speech is None:
             return [0.0] * len(prompts)
         after_sot = [len(p) - p.index(self.tokens.sot) for p in prompts]
-        logits = verifier.cache.logits(torch.arange(len(prompts)), prompts, after_sot)[:, 0]
+        logits = verifier.cache.logits(torch.tensor(list(rows), dtype=torch.long), prompts, after_sot)[:, 0]
         return torch.softmax(logits.float(), dim=-1)[:, self.tokens.no_speech].tolist()
 
-    def _avg_logprobs(self, verifier: ModelVerifier, rules, prompts: Sequence[Sequence[int]],
+    def _avg_logprobs(self, verifier: ModelVerifier, rules, prompts: Mapping[int, Sequence[int]],
                       generated: Sequence[Sequence[int]], rows: Sequence[int]) -> dict[int, float]:
         """Mean log-probability (under the target's rules) of each row's generated tokens, end-of-text included.
 
@@ -210,3 +175,161 @@ class SpeculativeWhisper:
             ended = g[-1] == self.tokens.eot
             averages[r] = float(picked.sum()) / (len(g) + (0 if ended else 1))
         return averages
+
+
+@dataclass
+class _Slot:
+    key: Hashable  # the caller's name for the window
+    prompt: list[int]
+    language: str
+    no_speech_prob: float
+    encoder_seconds: float  # its share of the encoder passes that admitted it
+    audio: np.ndarray
+    encoder_output: Tensor  # [S, D]
+
+
+class WindowSlots:
+    """``capacity`` rows of one engine's target (and draft) that windows join and leave between rounds.
+
+    Continuous batching, as LLM servers do it: ``admit`` encodes new windows and starts them in free
+    rows while the others are mid-decode, ``round`` runs one draft/verify round over every row decoding
+    and returns the windows it finished, whose rows are free at once. Every row's tokens are its own
+    window's greedy tokens, whatever decodes beside it. One options object for all rows (one decoding
+    mode); ``close`` ends it, telling the draft-length policy what starting the draft cost.
+    """
+
+    def __init__(self, engine: SpeculativeWhisper, capacity: int, options: WindowOptions):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.engine, self.capacity, self.options = engine, capacity, options
+        self.frames = engine.target.model.config.max_source_positions
+        self.records_states = engine.draft is not None and engine.draft.reads_target_states
+        engine.decoder.reserve(capacity, self.frames, record_hidden=self.records_states)
+        self.rules = engine.tokens.rules([0] * capacity, options.timestamps)
+        margin = options.near_tie_margin
+        if margin is None:
+            margin = default_margin(engine.decoder.dtype)
+        self.rescorer, self.near_ties = None, None
+        if margin > 0 and options.temperature == 0:
+            if "decoder" not in engine._exact:  # shared with engines made by with_draft (same dict)
+                engine._exact["decoder"] = ExactDecoder(engine.target.model.model.decoder)
+            self.rescorer = engine._exact["decoder"].rescorer(capacity, self.frames)
+            self.near_ties = NearTieRule(margin, self.rescorer)
+        self.verifier = ModelVerifier(engine.decoder, capacity, self.rules, self.near_ties)
+        self.confidence, self.max_draft = engine._draft_limits(options)
+        # A self-stopping draft is only switched on or off, from its measured round rate, and it agrees less
+        # in the timestamp mode (long-form windows): one bad long-form window had switched it off for the
+        # short ones too. Other drafts share one policy: apart, tiny.en ran its own encoder to relearn each mode.
+        gated = self.confidence > 0
+        self.controller = engine.draft_lengths.get(
+            self.max_draft, options.adaptive_draft_length, options.temperature > 0, gated,
+            context=("timestamps" if options.timestamps else "text") if gated else None)
+        self.setup = Stopwatch(engine.device)  # all of the draft's start: its own encoder, cross-attention K/V
+        self.drafter: WindowDrafter | None = None
+        self.batch: SpeculativeBatch | None = None  # from the first window on
+        self.rows: dict[int, _Slot] = {}
+
+    @property
+    def free(self) -> list[int]:
+        return [row for row in range(self.capacity) if row not in self.rows]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows)
+
+    def admit(self, windows: Sequence[tuple[Hashable, WindowRequest]]) -> None:
+        """Start ``windows`` (key, window) in free rows; they decode from the next round on."""
+        free = self.free
+        if len(windows) > len(free):
+            raise ValueError(f"{len(windows)} windows joined {len(free)} free rows")
+        if not windows:
+            return
+        engine, rows = self.engine, free[: len(windows)]
+        hidden, encoder_seconds = encode_audio(engine.target, [w.audio for _, w in windows])
+        engine.decoder.begin_rows(rows, hidden)
+        wanted = [w.language or self.options.language for _, w in windows]
+        if engine.tokens.multilingual and any(lang is None for lang in wanted):
+            detected = detect_language(engine.decoder, engine.tokens, rows)
+            wanted = [lang or found for lang, found in zip(wanted, detected)]
+        languages = [lang or "en" for lang in wanted]
+        prompts = [engine.tokens.prompt(lang, self.options.task, self.options.timestamps, w.previous)
+                   for lang, (_, w) in zip(languages, windows)]
+        for row, prompt in zip(rows, prompts):
+            self.rules.admit(row, len(prompt))
+        self.verifier.cache.forget(rows)
+        if self.rescorer is not None:
+            self.rescorer.admit(rows, hidden)
+            for row in rows:
+                self.near_ties.rescored.pop(row, None)
+        no_speech = engine._no_speech_probs(self.verifier, rows, prompts)
+        if self.batch is None:
+            self.batch = SpeculativeBatch(self.verifier, None, [engine.tokens.eot], self._decode_options(),
+                                          self.controller, engine.device)
+        budget = self.options.max_new_tokens
+        for i, (row, (key, window), prompt) in enumerate(zip(rows, windows, prompts)):
+            room = engine.decoder.max_positions - len(prompt)
+            self.batch.add(row, prompt, min(budget or room, room))
+            self.rows[row] = _Slot(key, prompt, languages[i], no_speech[i], encoder_seconds / len(windows),
+                                   window.audio, hidden[i])
+        if self.drafter is not None:
+            self._admit_to_draft(rows)
+        elif engine.draft is not None and self.controller.wants_draft():
+            # A draft that measured slower than plain steps is not even started (its encoder is not free);
+            # the policy is asked again as each window joins, and a draft started mid-batch catches up.
+            with self.setup.phase("start"):
+                self.drafter = engine.draft.start(DraftSetup(self.capacity, self.frames, self.rules,
+                                                             self.options.task, engine.decoder.hidden_states))
+            self.batch.start_drafting(self.drafter)
+            self._admit_to_draft(list(self.rows))
+
+    def _admit_to_draft(self, rows: list[int]) -> None:
+        slots = [self.rows[row] for row in rows]
+        with self.setup.phase("start"):
+            seconds = self.drafter.admit(WindowBatch(rows, [s.audio for s in slots],
+                                                     torch.stack([s.encoder_output for s in slots]),
+                                                     [s.prompt for s in slots], [s.language for s in slots]))
+        for slot in slots:
+            slot.encoder_seconds += seconds / len(slots)
+
+    def _decode_options(self) -> DecodeOptions:
+        options = self.options
+        return DecodeOptions(max_new_tokens=self.engine.decoder.max_positions, draft_length=self.max_draft,
+                             adaptive_draft_length=options.adaptive_draft_length,
+                             draft_confidence=self.confidence, temperature=options.temperature, seed=options.seed)
+
+    def cancel(self, key: Hashable) -> None:
+        """Drop the window ``key`` mid-decode (its caller gave up on it); its row is free at once."""
+        for row, slot in list(self.rows.items()):
+            if slot.key == key:
+                self.batch.remove(row)
+                del self.rows[row]
+
+    def round(self) -> list[tuple[Hashable, DecodedWindow]]:
+        """One round over every row decoding; returns the windows it finished, as (key, window)."""
+        finished = self.batch.round()
+        if not finished:
+            return []
+        engine, options = self.engine, self.options
+        threshold = options.logprob_if_no_speech_above
+        slots = {row: self.rows.pop(row) for row, _ in finished}
+        scored = [row for row, _ in finished if threshold is None or slots[row].no_speech_prob > threshold]
+        decoded = dict(finished)
+        logprobs = engine._avg_logprobs(self.verifier, self.rules, {r: slots[r].prompt for r in scored},
+                                        [decoded[r].tokens for r in scored], scored)
+        out = []
+        for row, result in finished:
+            slot = slots[row]
+            kept = [(t, d) for t, d in zip(result.tokens, result.from_draft) if t != engine.tokens.eot]
+            tokens = tuple(t for t, _ in kept)
+            rescored = self.near_ties.rescored[row] if self.near_ties is not None else 0
+            stats = replace(result.stats, encoder_seconds=slot.encoder_seconds, rescored=rescored)
+            out.append((slot.key, DecodedWindow(tokens, engine.text(tokens), slot.language, stats, slot.no_speech_prob,
+                                                logprobs.get(row), result.stopped,
+                                                slot.encoder_output if options.return_encoder_output else None,
+                                                from_draft=tuple(d for _, d in kept))))
+        return out
+
+    def close(self) -> None:
+        """No more windows: the draft-length policy learns what starting the draft cost these rounds."""
+        if self.batch is not None:
+            self.batch.finish(self.setup.seconds.get("start", 0.0))

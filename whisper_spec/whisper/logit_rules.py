@@ -19,12 +19,23 @@ from torch import Tensor
 class SuppressionRules:
     """``LogitRules`` (see ``core.model_roles``) for Whisper decoding without timestamps."""
 
-    prompt_lengths: tuple[int, ...]  # per batch row: tokens before the first generated one
+    # per batch row: tokens before the first generated one (``admit`` changes a row's when a window joins it)
+    prompt_lengths: list[int]
     suppress_tokens: tuple[int, ...]  # ids never generated
     begin_suppress_tokens: tuple[int, ...]  # ids not allowed as the first generated token
     # (vocabulary size, device) -> ``tensors``, built once: rebuilt at every call (and, on a GPU, copied
     # there) they cost more than applying them
     _tensors: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt_lengths", list(self.prompt_lengths))
+
+    def admit(self, row: int, prompt_length: int) -> None:
+        """Row ``row`` starts a new window whose prompt is ``prompt_length`` tokens (the tensors already
+        built are updated in place: a captured CUDA graph reads them where they are)."""
+        self.prompt_lengths[row] = prompt_length
+        for lengths, _, _ in self._tensors.values():
+            lengths[row] = prompt_length
 
     def tensors(self, vocab: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """These rules as the inputs of ``suppress_at_positions``: (prompt lengths [B] long, suppressed [V]

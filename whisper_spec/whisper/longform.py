@@ -7,22 +7,31 @@ whole), or after the window when it ends with a lone timestamp. A window the tar
 text compresses too well (a hallucinated loop) is dropped. Every decision reads only the target's
 tokens and one teacher-forced target pass over them, so the segments are the same with a draft or without.
 
-``LongformFile`` is one file's state; ``decode_files`` advances many files together, one window of each
-per batched ``decode_windows`` call (a batch size of 1 is plain sequential transcription).
+``LongformFile`` is one file's state; ``decode_files`` advances many files together in one batch of rows
+(``engine.WindowSlots``), each file's next window joining as soon as its last one finished (a batch size of
+1 is plain sequential transcription).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
-from collections.abc import Hashable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from whisper_spec.audio import SAMPLE_RATE
 from whisper_spec.core.stats import SpeculationStats
-from whisper_spec.whisper.engine import DecodedWindow, SpeculativeWhisper, WindowOptions
+from whisper_spec.whisper.engine import (
+    DecodedWindow,
+    SpeculativeWhisper,
+    WindowOptions,
+    WindowRequest,
+    WindowSlots,
+)
 from whisper_spec.whisper.timestamps import TIME_PRECISION
 from whisper_spec.whisper.word_timestamps import align_words, tidy_words
 
@@ -44,6 +53,9 @@ class LongformOptions:
     # a window quieter than this (RMS, dB below full scale) is silence, skipped without decoding: on digital
     # silence Whisper is sure of a word ("you") and the no-speech check alone lets it through
     silence_db: float | None = -60.0
+    # text before the audio (OpenAI's ``prompt``, Whisper's ``initial_prompt``): the first window's
+    # <|startofprev|> prompt, until the prompt is reset
+    initial_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.word_timestamps and not self.window.timestamps:
@@ -83,6 +95,7 @@ class LongformResult:
     windows: int  # windows decoded
     skipped_windows: int  # windows judged silent
     dropped_windows: int  # windows whose text was a repetition loop
+    elapsed_seconds: float = 0.0  # wall time from when decoding took the file to when it finished
 
     @property
     def text(self) -> str:
@@ -99,13 +112,6 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-@dataclass(frozen=True)
-class WindowRequest:
-    audio: np.ndarray  # at most 30 s of 16 kHz samples, starting at the file's seek position
-    previous: tuple[int, ...]  # the <|startofprev|> prompt
-    language: str | None  # None: detect (first window of a multilingual file)
-
-
 @dataclass(eq=False)
 class LongformFile:
     """One file's progress through the window algorithm: ask ``next_window``, hand its result to ``accept``."""
@@ -117,7 +123,9 @@ class LongformFile:
     language: str | None = None
     segments: list[Segment] = field(default_factory=list)
     history: list[int] = field(default_factory=list)  # tokens of every segment so far
-    prompt_start: int = 0  # history[prompt_start:] is the next window's prompt
+    prompt_start: int = 0  # history[prompt_start:] is the next window's prompt ...
+    initial_prompt: tuple[int, ...] = ()  # ... after these ids, until the prompt is first reset
+    started: float = field(default_factory=time.perf_counter)  # when decoding took the file
     stats: SpeculationStats = SpeculationStats()
     windows: int = 0
     skipped: int = 0
@@ -126,6 +134,9 @@ class LongformFile:
     def __post_init__(self) -> None:
         self.language = self.language or self.options.window.language
         self.frames = self.samples.shape[0] // HOP_LENGTH
+        if not self.initial_prompt and self.options.initial_prompt and self.options.initial_prompt.strip():
+            self.initial_prompt = tuple(self.engine.target.tokenizer.encode(
+                " " + self.options.initial_prompt.strip(), add_special_tokens=False))
 
     @property
     def done(self) -> bool:
@@ -146,7 +157,7 @@ class LongformFile:
             self.seek += min(WINDOW_FRAMES, self.frames - self.seek)
         else:
             return None
-        previous = tuple(self.history[self.prompt_start:][-MAX_PREVIOUS_TOKENS:])
+        previous = (self.initial_prompt + tuple(self.history[self.prompt_start:]))[-MAX_PREVIOUS_TOKENS:]
         return WindowRequest(audio, previous, self.language)
 
     def _silent(self, audio: np.ndarray) -> bool:
@@ -175,7 +186,7 @@ class LongformFile:
             # Whisper would retry at a higher temperature; a greedy decoder drops the loop and starts afresh
             self.dropped += 1
             self.seek += size
-            self.prompt_start = len(self.history)
+            self._reset_prompt()
             return []
         pieces, advance = self._split(window.tokens, size)
         new = []
@@ -197,8 +208,11 @@ class LongformFile:
         self.segments.extend(new)
         self.history.extend(t for s in new for t in s.tokens)
         if not options.condition_on_previous_text:
-            self.prompt_start = len(self.history)
+            self._reset_prompt()
         return new
+
+    def _reset_prompt(self) -> None:
+        self.prompt_start, self.initial_prompt = len(self.history), ()
 
     def _split(self, tokens: tuple[int, ...], size: int) -> tuple[list[tuple[tuple[int, ...], float, float]], int]:
         """Segments (tokens, start, end seconds within the window) and the frames to advance (Whisper's rules)."""
@@ -248,7 +262,8 @@ class LongformFile:
 
     def result(self) -> LongformResult:
         return LongformResult(tuple(self.segments), self.language or "en", self.samples.shape[0] / SAMPLE_RATE,
-                              self.stats, self.windows, self.skipped, self.dropped)
+                              self.stats, self.windows, self.skipped, self.dropped,
+                              time.perf_counter() - self.started)
 
 
 @dataclass(frozen=True)
@@ -261,13 +276,85 @@ class Progress:
     result: LongformResult | None  # the whole transcript, once the file is finished
 
 
-def decode_files(engine: SpeculativeWhisper, files: Iterable[tuple[Hashable, np.ndarray]],
-                 options: LongformOptions, batch_size: int = 1) -> Iterator[Progress]:
-    """Transcribe many files, keeping up to ``batch_size`` of them in flight, one window of each per step.
+@dataclass(frozen=True)
+class FileRequest:
+    """One recording to transcribe, with what may differ between the files of one batch."""
 
-    Files are read from ``files`` lazily, as rows free up; each file's windows follow the sequential
-    algorithm on their own, so a file's segments do not depend on what it was batched with (up to
-    floating-point rounding of batched matrix products).
+    key: Hashable  # the caller's name for it
+    samples: np.ndarray  # [n] 16 kHz mono float32
+    language: str | None = None  # this file's language (None: the options', else detected)
+    initial_prompt: str | None = None  # text before the audio (None: the options')
+    cancelled: Callable[[], bool] | None = None  # asked between rounds: True drops the file (no more progress)
+
+
+class FileQueue:
+    """Files that arrive while others decode (a server's requests): ``put`` from any thread; ``decode_files``
+    admits them into free rows between rounds, and returns once the queue is closed and drained."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[FileRequest] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+
+    def put(self, request: FileRequest) -> None:
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the queue is closed: no more files are taken")
+            self._waiting.append(request)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """No more files: decoding ends when those in flight (and those already put) finish."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def finished(self) -> bool:
+        return self._closed and not self._waiting
+
+    def take(self, wait: bool) -> FileRequest | None:
+        """The next file; None when there is none now (``wait`` False) or will never be (closed, drained)."""
+        with self._changed:
+            while wait and not self._waiting and not self._closed:
+                self._changed.wait()
+            return self._waiting.popleft() if self._waiting else None
+
+
+class _Files:
+    """An iterable of (key, samples) pairs or ``FileRequest``s as a source that ``decode_files`` reads lazily."""
+
+    def __init__(self, files: Iterable[tuple[Hashable, np.ndarray] | FileRequest]):
+        self._files = iter(files)
+        self.finished = False
+
+    def take(self, wait: bool) -> FileRequest | None:
+        item = next(self._files, None)
+        if item is None:
+            self.finished = True
+            return None
+        return item if isinstance(item, FileRequest) else FileRequest(*item)
+
+
+@dataclass(eq=False)
+class _InFlight:
+    request: FileRequest
+    state: LongformFile
+    seconds: float = 0.0  # its share of the decoding time since its last window finished
+
+
+def decode_files(engine: SpeculativeWhisper, files: Iterable[tuple[Hashable, np.ndarray] | FileRequest] | FileQueue,
+                 options: LongformOptions, batch_size: int = 1) -> Iterator[Progress]:
+    """Transcribe many files, keeping up to ``batch_size`` of them in flight in one batch of rows.
+
+    Each file's windows follow the sequential algorithm on their own, and a window joins the batch as soon
+    as a row is free (between speculative rounds, not after the whole batch), so a file's segments do not
+    depend on what it was batched with (up to floating-point rounding of batched matrix products). Files
+    are read from ``files`` lazily, as rows free up; from a ``FileQueue``, also while others decode,
+    waiting for more while none is in flight until the queue is closed.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -276,40 +363,58 @@ def decode_files(engine: SpeculativeWhisper, files: Iterable[tuple[Hashable, np.
         return_encoder_output=options.word_timestamps,
         # the average log-probability matters only where the no-speech check reads it
         logprob_if_no_speech_above=1.0 if options.no_speech_threshold is None else options.no_speech_threshold)
-    pending = iter(files)
-    active: list[tuple[Hashable, LongformFile]] = []
-    exhausted = False
-    while True:
-        while not exhausted and len(active) < batch_size:
-            try:
-                key, samples = next(pending)
-            except StopIteration:
-                exhausted = True
-                break
-            active.append((key, LongformFile(engine, samples, options)))
-        ready = []
-        for key, state in active:
-            request = state.next_window()
-            if request is None:  # nothing (more) to decode: too short, or silence to the end
-                yield Progress(key, (), state.seconds_done, state.result())
-            else:
-                ready.append((key, state, request))
-        active = [(key, state) for key, state, _ in ready]
-        requests = [request for _, _, request in ready]
-        if not requests:
-            if exhausted:
-                return
-            continue
-        started = time.perf_counter()
-        windows = engine.decode_windows([r.audio for r in requests], window_options,
-                                        previous=[r.previous for r in requests],
-                                        languages=[r.language for r in requests])
-        share = (time.perf_counter() - started) / len(active)
-        still = []
-        for (key, state), window in zip(active, windows):
-            segments = state.accept(window, share)
-            finished = state.done
-            yield Progress(key, tuple(segments), state.seconds_done, state.result() if finished else None)
-            if not finished:
-                still.append((key, state))
-        active = still
+    source = files if isinstance(files, FileQueue) else _Files(files)
+    slots = engine.slots(batch_size, window_options)
+    flight: dict[Hashable, _InFlight] = {}
+    ready: list[Hashable] = []  # files whose next window is to be asked for
+    try:
+        while True:
+            while len(flight) < batch_size and (request := source.take(wait=not flight)) is not None:
+                file_options = options if request.initial_prompt is None else replace(
+                    options, initial_prompt=request.initial_prompt)
+                flight[request.key] = _InFlight(request, LongformFile(engine, request.samples, file_options,
+                                                                      language=request.language))
+                ready.append(request.key)
+            for key in [k for k, f in flight.items() if f.request.cancelled is not None and f.request.cancelled()]:
+                slots.cancel(key)
+                del flight[key]
+                ready = [k for k in ready if k != key]
+            joining = []
+            for key in ready:
+                window = flight[key].state.next_window()
+                if window is None:  # nothing (more) to decode: too short, or silence to the end
+                    yield Progress(key, (), flight[key].state.seconds_done, flight.pop(key).state.result())
+                else:
+                    joining.append((key, window))
+            ready = []
+            if joining:
+                started = time.perf_counter()
+                slots.admit(joining)
+                for key, _ in joining:
+                    flight[key].seconds += (time.perf_counter() - started) / len(joining)
+            if not slots.busy:
+                if not flight and source.finished:
+                    return
+                continue
+            yield from _round(slots, flight, ready)
+    finally:
+        slots.close()
+
+
+def _round(slots: WindowSlots, flight: dict[Hashable, _InFlight], ready: list[Hashable]) -> Iterator[Progress]:
+    """One speculative round over every window decoding; the files whose windows it finished advance."""
+    decoding = [slot.key for slot in slots.rows.values()]
+    started = time.perf_counter()
+    finished = slots.round()
+    for key in decoding:
+        flight[key].seconds += (time.perf_counter() - started) / len(decoding)
+    for key, window in finished:
+        file = flight[key]
+        segments = file.state.accept(window, file.seconds)
+        file.seconds = 0.0
+        if file.state.done:
+            del flight[key]
+            yield Progress(key, tuple(segments), file.state.seconds_done, file.state.result())
+        else:
+            ready.append(key)
+            yield Progress(key, tuple(segments), file.state.seconds_done, None)

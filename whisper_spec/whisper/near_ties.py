@@ -34,25 +34,36 @@ class ExactDecoder:
         """``decoder``: the target's transformers ``WhisperDecoder`` (copied, then cast to float32)."""
         self.decoder = CachedWhisperDecoder(copy.deepcopy(decoder).float())
 
-    def rescorer(self, encoder_hidden: Tensor) -> WindowRescorer:
-        return WindowRescorer(self.decoder, encoder_hidden)
+    def rescorer(self, capacity: int, frames: int) -> WindowRescorer:
+        return WindowRescorer(self.decoder, capacity, frames)
 
 
 class WindowRescorer:
-    """A ``core.model_roles.Rescorer`` for one batch of windows (``encoder_hidden`` [B, S, D])."""
+    """A ``core.model_roles.Rescorer`` for ``capacity`` rows of windows of ``frames`` encoder frames."""
 
-    def __init__(self, decoder: CachedWhisperDecoder, encoder_hidden: Tensor):
+    def __init__(self, decoder: CachedWhisperDecoder, capacity: int, frames: int):
         self.decoder = decoder
-        self.encoder_hidden = encoder_hidden
-        self._begun = False
+        self.capacity, self.frames = capacity, frames
+        self.encoder_hidden: dict[int, Tensor] = {}  # per row: [S, D] its window's encoder output
+        self._begun: set[int] = set()
+        self._reserved = False
+
+    def admit(self, rows: Sequence[int], encoder_hidden: Tensor) -> None:
+        """Windows with encoder outputs ``encoder_hidden`` [n, S, D] take rows ``rows``."""
+        for row, hidden in zip(rows, encoder_hidden):
+            self.encoder_hidden[row] = hidden
+            self._begun.discard(row)
 
     @torch.inference_mode()
     def __call__(self, row: int, prefix: Sequence[int]) -> Tensor:
         """Float32 logits [V] after ``prefix``: the whole prefix in one pass from position 0, whatever
         the caller's cache held, so the answer does not depend on which path asked."""
-        if not self._begun:  # cross-attention K/V in float32, only for windows that meet a near-tie
-            self.decoder.begin(self.encoder_hidden)
-            self._begun = True
+        if not self._reserved:
+            self.decoder.reserve(self.capacity, self.frames)
+            self._reserved = True
+        if row not in self._begun:  # cross-attention K/V in float32, only for windows that meet a near-tie
+            self.decoder.begin_rows([row], self.encoder_hidden[row][None])
+            self._begun.add(row)
         device = self.decoder.device
         tokens = torch.tensor([list(prefix)], device=device)
         logits = self.decoder.forward_cached(torch.tensor([row], device=device), tokens,

@@ -32,8 +32,12 @@ class TimestampRules:
     max_initial_timestamp_index: int | None = 50  # the first timestamp is at most this many steps (1.0 s)
 
     @property
-    def prompt_lengths(self) -> tuple[int, ...]:
+    def prompt_lengths(self) -> list[int]:
         return self.suppression.prompt_lengths
+
+    def admit(self, row: int, prompt_length: int) -> None:
+        """See ``SuppressionRules.admit``."""
+        self.suppression.admit(row, prompt_length)
 
     def __call__(self, rows: Tensor, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]],
                  logits: Tensor) -> Tensor:

@@ -79,7 +79,7 @@ class WhisperTokens:
     def rules(self, prompt_lengths: Sequence[int], timestamps: bool) -> SuppressionRules | TimestampRules:
         """Greedy decoding's logit rules for rows with these prompt lengths: the one place they are built
         (the target, its drafts and distillation's labels all decode under them)."""
-        suppression = SuppressionRules(tuple(prompt_lengths), self.suppress, self.begin_suppress)
+        suppression = SuppressionRules(list(prompt_lengths), self.suppress, self.begin_suppress)
         if not timestamps:
             return suppression
         return TimestampRules(suppression, self.timestamp_begin, self.no_timestamps, self.eot,

@@ -8,11 +8,10 @@ offset from <|0.00|> (both vocabularies have the same 1501 of them).
 from __future__ import annotations
 
 from whisper_spec.core.model_roles import ModelDrafter
-from whisper_spec.core.protocols import Drafter
 from whisper_spec.core.text_bridge import TextBridgeDrafter, tokenization
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, WindowBatch
+from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, Admitting, DraftSetup, WindowBatch
 from whisper_spec.whisper.features import encode_audio
 from whisper_spec.whisper.timestamps import TimestampRules
 
@@ -27,20 +26,30 @@ class CrossTokenizerDraft:
         self.target = target
         self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, static_steps=static_steps)
 
-    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
-        hidden, seconds = encode_audio(self.checkpoint, batch.audio)
-        self.decoder.begin(hidden)
+    def start(self, setup: DraftSetup) -> Admitting:
+        self.decoder.reserve(setup.capacity, setup.frames)
         own, target = self.checkpoint.tokens, self.target.tokens
-        timestamps = isinstance(batch.rules, TimestampRules)
-        prompts = [own.prompt(language, batch.task, timestamps) for language in batch.language]
+        timestamps = isinstance(setup.rules, TimestampRules)
         shared_ids = {}
         if timestamps:
             # the draft writes its own timestamps under the same grammar; they cross by offset
             count = min(len(self.checkpoint.tokenizer) - own.timestamp_begin,
                         len(self.target.tokenizer) - target.timestamp_begin)
             shared_ids = {target.timestamp_begin + i: own.timestamp_begin + i for i in range(count)}
-        inner = ModelDrafter(self.decoder, len(prompts), rules=own.rules([len(p) for p in prompts], timestamps),
-                             stop_token_ids=[own.eot])
-        return TextBridgeDrafter(inner, tokenization(self.checkpoint.tokenizer, [own.eot]),
-                                 tokenization(self.target.tokenizer, [target.eot]), target.eot,
-                                 prompts, [len(p) for p in batch.prompts], shared_ids), seconds
+        own_rules = own.rules([0] * setup.capacity, timestamps)
+        inner = ModelDrafter(self.decoder, setup.capacity, rules=own_rules, stop_token_ids=[own.eot])
+        bridge = TextBridgeDrafter(inner, tokenization(self.checkpoint.tokenizer, [own.eot]),
+                                   tokenization(self.target.tokenizer, [target.eot]), target.eot,
+                                   [[] for _ in range(setup.capacity)], [0] * setup.capacity, shared_ids)
+
+        def admit(batch: WindowBatch) -> float:
+            hidden, seconds = encode_audio(self.checkpoint, batch.audio)
+            self.decoder.begin_rows(batch.rows, hidden)
+            inner.cache.forget(batch.rows)
+            for row, language, target_prompt in zip(batch.rows, batch.language, batch.prompts):
+                prompt = own.prompt(language, setup.task, timestamps)
+                own_rules.admit(row, len(prompt))
+                bridge.restart(row, prompt, len(target_prompt))
+            return seconds
+
+        return Admitting(bridge, admit)

@@ -24,10 +24,10 @@ from whisper_spec.core.model_roles import (
     stack_q,
 )
 from whisper_spec.core.prefix_cache import IncrementalModel
-from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
+from whisper_spec.core.protocols import DraftRequest, Proposal
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts.protocol import WindowBatch
+from whisper_spec.whisper.drafts.protocol import Admitting, DraftSetup, WindowBatch
 
 # Distilled drafts run on int8 weights on a CPU (float32 only; ignored elsewhere): they have no encoder of
 # their own, so a cheaper step is all int8 changes, and only the proposals can change.
@@ -87,6 +87,11 @@ class FeatureDrafter:
         self.rules = rules
         self.stop_token_ids = frozenset(stop_token_ids)
         self.synced = [0] * target_states.shape[0]
+
+    def restart(self, rows: Sequence[int]) -> None:
+        """Rows ``rows`` start new windows: nothing of them is cached yet."""
+        for row in rows:
+            self.synced[row] = 0
 
     def _scores(self, rows: Tensor, restricted: Tensor, prefixes: Sequence[Sequence[int]]) -> Tensor:
         """Restricted logits [b, R] -> full-vocabulary logits [b, V] under the target's rules."""
@@ -171,24 +176,38 @@ class DistilledDraft:
         self.sot_token_id = target.tokens.sot
         self.reads_target_states = bool(model.features)  # the engine records them for it
 
-    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
-        if not self.model.features:
+    def start(self, setup: DraftSetup) -> Admitting:
+        self.decoder.reserve(setup.capacity, setup.frames)
+        if self.model.features:
+            if setup.target_states is None:
+                raise ValueError("a feature-level draft needs the target's hidden states: decode with an engine "
+                                 "that records them (SpeculativeWhisper does when its draft asks)")
+            drafter = FeatureDrafter(self.model, self.decoder, setup.target_states, self.vocab_size, setup.rules,
+                                     [self.eot_token_id])
+
+            def admit_features(batch: WindowBatch) -> float:
+                self.decoder.begin_rows(batch.rows, batch.target_encoder_hidden)
+                drafter.restart(batch.rows)
+                return 0.0
+
+            return Admitting(drafter, admit_features)
+        hiding = PrefixHidingDrafter(lambda rules: ModelDrafter(self.full, setup.capacity, rules=rules,
+                                                                stop_token_ids=[self.eot_token_id],
+                                                                vocabulary=self.model.vocab_ids),
+                                     setup.rules, [[] for _ in range(setup.capacity)])
+
+        def admit(batch: WindowBatch) -> float:
             # Per window, the adapter and the cross-attention keys/values are 1500-frame matrix products;
             # where the draft keeps those keys in bfloat16 anyway, they run in it (a third of the time).
             low = (torch.autocast("cpu", dtype=torch.bfloat16) if self.decoder.cross_dtype == torch.bfloat16
                    else contextlib.nullcontext())
             with torch.inference_mode(), low:
-                self.decoder.begin(self.model.encoder_input(batch.target_encoder_hidden))
-            # The draft never saw previous-text prompts in training (long-form windows have them): it
-            # drafts from the start of transcript on, as it was trained.
-            previous = [p[: p.index(self.sot_token_id)] if self.sot_token_id in p else [] for p in batch.prompts]
-            return PrefixHidingDrafter(lambda rules: ModelDrafter(self.full, len(batch.prompts), rules=rules,
-                                                                  stop_token_ids=[self.eot_token_id],
-                                                                  vocabulary=self.model.vocab_ids),
-                                       batch.rules, previous), 0.0
-        if batch.target_states is None:
-            raise ValueError("a feature-level draft needs the target's hidden states: decode with an engine "
-                             "that records them (SpeculativeWhisper does when its draft asks)")
-        self.decoder.begin(batch.target_encoder_hidden)
-        return FeatureDrafter(self.model, self.decoder, batch.target_states, self.vocab_size, batch.rules,
-                              [self.eot_token_id]), 0.0
+                self.decoder.begin_rows(batch.rows, self.model.encoder_input(batch.target_encoder_hidden))
+            hiding.inner.cache.forget(batch.rows)
+            for row, prompt in zip(batch.rows, batch.prompts):
+                # The draft never saw previous-text prompts in training (long-form windows have them): it
+                # drafts from the start of transcript on, as it was trained.
+                hiding.restart(row, prompt[: prompt.index(self.sot_token_id)] if self.sot_token_id in prompt else [])
+            return 0.0
+
+        return Admitting(hiding, admit)

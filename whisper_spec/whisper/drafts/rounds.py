@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from whisper_spec.core.model_roles import ModelDrafter
+from whisper_spec.core.prefix_cache import PrefixCache
 from whisper_spec.core.protocols import Drafter, DraftRequest, Proposal
 from whisper_spec.whisper.decoder import MAX_STATIC_TOKENS, CachedWhisperDecoder
-from whisper_spec.whisper.drafts.protocol import WindowBatch
+from whisper_spec.whisper.drafts.protocol import DraftSetup
 from whisper_spec.whisper.logit_rules import SuppressionRules, suppress_at_positions
 
 
@@ -48,10 +49,12 @@ class RoundDrafter:
         return Proposal(tokens=drafts, forward_calls=request.k)
 
 
-def model_drafter(decoder: CachedWhisperDecoder, batch: WindowBatch, stop_token_ids: Sequence[int]) -> Drafter:
-    """A drafter for a draft decoder that shares the target's tokenizer and rules: whole rounds at once
-    where the decoder runs fixed-shape steps and the rules allow it, else step by step."""
-    drafter = ModelDrafter(decoder, len(batch.prompts), rules=batch.rules, stop_token_ids=stop_token_ids)
-    if decoder.static_steps and isinstance(batch.rules, SuppressionRules):
-        return RoundDrafter(drafter, decoder, batch.rules)
-    return drafter
+def model_drafter(decoder: CachedWhisperDecoder, setup: DraftSetup,
+                  stop_token_ids: Sequence[int]) -> tuple[Drafter, PrefixCache]:
+    """A drafter for a draft decoder that shares the target's tokenizer and rules (whole rounds at once
+    where the decoder runs fixed-shape steps and the rules allow it, else step by step), and its cache
+    (whose rows a joining window must ``forget``)."""
+    drafter = ModelDrafter(decoder, setup.capacity, rules=setup.rules, stop_token_ids=stop_token_ids)
+    if decoder.static_steps and isinstance(setup.rules, SuppressionRules):
+        return RoundDrafter(drafter, decoder, setup.rules), drafter.cache
+    return drafter, drafter.cache

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from whisper_spec.core.protocols import Drafter
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, WindowBatch
+from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, Admitting, DraftSetup, WindowBatch
 from whisper_spec.whisper.drafts.rounds import model_drafter
 from whisper_spec.whisper.features import encode_audio
 
@@ -19,7 +18,14 @@ class SeparateEncoderDraft:
         self.checkpoint = checkpoint
         self.decoder = CachedWhisperDecoder(checkpoint.model.model.decoder, static_steps=static_steps)
 
-    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
-        hidden, seconds = encode_audio(self.checkpoint, batch.audio)
-        self.decoder.begin(hidden)
-        return model_drafter(self.decoder, batch, [self.checkpoint.tokens.eot]), seconds
+    def start(self, setup: DraftSetup) -> Admitting:
+        self.decoder.reserve(setup.capacity, setup.frames)
+        drafter, cache = model_drafter(self.decoder, setup, [self.checkpoint.tokens.eot])
+
+        def admit(batch: WindowBatch) -> float:
+            hidden, seconds = encode_audio(self.checkpoint, batch.audio)
+            self.decoder.begin_rows(batch.rows, hidden)
+            cache.forget(batch.rows)
+            return seconds
+
+        return Admitting(drafter, admit)

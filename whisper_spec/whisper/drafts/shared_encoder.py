@@ -3,9 +3,8 @@ target's own decoder layers. Per window only its cross-attention keys and values
 
 from __future__ import annotations
 
-from whisper_spec.core.protocols import Drafter
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
-from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, WindowBatch
+from whisper_spec.whisper.drafts.protocol import DEFAULT_DRAFT_LENGTH, Admitting, DraftSetup, WindowBatch
 from whisper_spec.whisper.drafts.rounds import model_drafter
 
 
@@ -19,6 +18,13 @@ class SharedEncoderDraft:
         self.decoder = decoder
         self.eot_token_id = eot_token_id
 
-    def start(self, batch: WindowBatch) -> tuple[Drafter, float]:
-        self.decoder.begin(batch.target_encoder_hidden)
-        return model_drafter(self.decoder, batch, [self.eot_token_id]), 0.0
+    def start(self, setup: DraftSetup) -> Admitting:
+        self.decoder.reserve(setup.capacity, setup.frames)
+        drafter, cache = model_drafter(self.decoder, setup, [self.eot_token_id])
+
+        def admit(batch: WindowBatch) -> float:
+            self.decoder.begin_rows(batch.rows, batch.target_encoder_hidden)
+            cache.forget(batch.rows)
+            return 0.0
+
+        return Admitting(drafter, admit)
