@@ -19,6 +19,7 @@ VERBS = {
     "generate": "generate text with a causal LM, streaming it to the terminal",
     "eval": "measure WER, parity, latency and speed-up against the baseline and the peers",
     "distill": "distil a cheap draft for a Whisper target from unlabeled audio",
+    "serve": "serve OpenAI's audio transcription API, batching concurrent requests through one speculative loop",
 }
 
 

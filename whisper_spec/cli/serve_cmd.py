@@ -1,0 +1,68 @@
+"""``whisper-spec serve``: an OpenAI-compatible transcription server (see ``whisper_spec.server``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from whisper_spec.cli import VERBS
+from whisper_spec.presets import DEFAULT, PRESETS
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help=VERBS["serve"],
+        description="Serve OpenAI's audio API (POST /v1/audio/transcriptions and /v1/audio/translations, "
+                    "GET /v1/models, GET /health) over one loaded model. The windows of concurrent requests "
+                    "decode together in one batched speculative loop, joining it between rounds; every "
+                    "transcript is the target's own, as `whisper-spec transcribe` gives it. SIGTERM or "
+                    "Ctrl-C finishes the requests in flight, then exits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named target/draft pair (default: 'base' when no --target is given)")
+    parser.add_argument("--target", help="the model whose transcript you get: bundled name, folder or hub id")
+    parser.add_argument("--draft", default=DEFAULT,
+                        help="the draft (as for `whisper-spec transcribe`); 'default' takes the preset's")
+    parser.add_argument("--no-speculative", action="store_true", help="serve the target alone (the baseline)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                        help="model precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for decoding (default: torch's choice, one per core)")
+    parser.add_argument("--max-batch", type=int, default=4,
+                        help="the most windows of concurrent requests decoded together")
+    parser.add_argument("--max-upload-mb", type=float, default=25.0,
+                        help="uploads larger than this are refused with 413")
+    parser.add_argument("--model-name", default="whisper-1",
+                        help="the model id /v1/models lists (requests may name any model)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from whisper_spec.model import WhisperModel
+    from whisper_spec.presets import resolve_models
+    from whisper_spec.server.app import ServerOptions, create_app
+
+    if args.max_batch < 1 or args.max_upload_mb <= 0:
+        print("whisper-spec serve: --max-batch must be at least 1 and --max-upload-mb above 0", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        target, draft = resolve_models(args.preset, args.target, args.draft)
+    except ValueError as error:
+        print(f"whisper-spec serve: {error}", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
+    model = WhisperModel(target, None if args.no_speculative else draft, device=device, dtype=dtype)
+    app = create_app(model, ServerOptions(args.max_batch, args.max_upload_mb, args.model_name))
+    print(f"whisper-spec serve: {model.target} + {model.draft or 'no draft'} on http://{args.host}:{args.port}",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
