@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from whisper_spec.cli import VERBS
 from whisper_spec.presets import DEFAULT, PRESETS
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from whisper_spec.model import WhisperModel
     from whisper_spec.presets import resolve_models
     from whisper_spec.server.app import ServerOptions, create_app
+    from whisper_spec.server.batcher import Batcher
 
     if args.max_batch < 1 or args.max_upload_mb <= 0:
         print("whisper-spec serve: --max-batch must be at least 1 and --max-upload-mb above 0", file=sys.stderr)
@@ -61,8 +64,28 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     model = WhisperModel(target, None if args.no_speculative else draft, device=device, dtype=dtype)
-    app = create_app(model, ServerOptions(args.max_batch, args.max_upload_mb, args.model_name))
+    batcher = Batcher(model, args.max_batch)
+    app = create_app(model, ServerOptions(args.max_batch, args.max_upload_mb, args.model_name), batcher)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
+
+    def shut_down(signum, frame) -> None:
+        # uvicorn stops taking connections and waits for the requests in flight, which need the decoder
+        # to go on; once it has finished, the decoder stops too
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+
+    def serve() -> None:
+        try:
+            server.run()
+        finally:
+            batcher.stop(timeout=0)
+
+    http = threading.Thread(target=serve, name="whisper-spec-http")
     print(f"whisper-spec serve: {model.target} + {model.draft or 'no draft'} on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
+    http.start()
+    batcher.run()  # decoding on the main thread: torch's CPU kernels run faster there
+    http.join()
+    return 0 if server.started else 1

@@ -40,8 +40,11 @@ class ServerOptions:
     model_name: str = "whisper-1"  # what /v1/models lists; requests may name any model
 
 
-def create_app(model: WhisperModel, options: ServerOptions = ServerOptions()) -> FastAPI:
-    """The server's application over ``model``; its decoding thread lives as long as the application."""
+def create_app(model: WhisperModel, options: ServerOptions = ServerOptions(),
+               batcher: Batcher | None = None) -> FastAPI:
+    """The server's application over ``model``. Requests decode through ``batcher``, which the caller runs
+    (``serve`` runs it on the main thread); without one, the application starts its own decoding thread
+    and stops it when it shuts down."""
     state: dict[str, Batcher] = {}
     tokens = model.checkpoint.tokens
     languages = dict(tokens.languages) if tokens.multilingual else None
@@ -49,10 +52,10 @@ def create_app(model: WhisperModel, options: ServerOptions = ServerOptions()) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["batcher"] = Batcher(model, options.max_batch)
+        state["batcher"] = batcher or Batcher(model, options.max_batch).start()
         yield
-        # uvicorn has already waited for the requests in flight; this ends the decoding thread
-        await asyncio.to_thread(state["batcher"].stop)
+        if batcher is None:  # uvicorn has already waited for the requests in flight; this ends the thread
+            await asyncio.to_thread(state["batcher"].stop)
 
     app = FastAPI(title="whisper-spec", lifespan=lifespan,
                   description="OpenAI-compatible speech-to-text with lossless speculative decoding")

@@ -68,8 +68,13 @@ class Batcher:
         self._jobs: dict[int, Job] = {}  # every job not finished yet, by key
         self._keys = itertools.count()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="whisper-spec-decoder", daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Batcher:
+        """Decode on a thread of its own (``run`` decodes on the calling thread instead)."""
+        self._thread = threading.Thread(target=self.run, name="whisper-spec-decoder", daemon=True)
         self._thread.start()
+        return self
 
     @property
     def in_flight(self) -> int:
@@ -96,14 +101,15 @@ class Batcher:
         return job
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish every request already submitted, then end the decoding thread."""
+        """Finish every request already submitted, then end ``run`` (and wait for its thread, if started)."""
         with self._lock:
             self._stopping = True
             if self._running is not None and not self._running.closed:
                 self._running.closed = True
                 self._running.queue.close()
             self._lock.notify_all()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _request(self, job: Job) -> FileRequest:
         def cancelled() -> bool:  # asked by the decoding loop between rounds
@@ -131,7 +137,9 @@ class Batcher:
             self._running = running
             return running
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Decode every submitted request until ``stop``. Torch's CPU kernels run measurably faster on the
+        process's main thread than on another one, which is why ``serve`` decodes there."""
         while (running := self._next_mode()) is not None:
             try:
                 for step in self.model.transcribe_files(running.queue, running.options, batch_size=self.max_batch):
