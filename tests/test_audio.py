@@ -196,3 +196,30 @@ def test_sample_rate_can_be_chosen(tmp_path):
     audio = load_audio(tmp_path / "tone.wav", sample_rate=8000)
     assert audio.shape == (4000,)
     assert dominant_frequency(audio, 8000) == pytest.approx(1000, abs=4)
+
+
+@pytest.mark.parametrize("native_rate,n_samples", [(8000, 999), (22050, 12345), (44100, 44101), (48000, 7)])
+def test_resampling_gives_librosa_default_samples(native_rate, n_samples):
+    """soxr is called directly now; the samples and length must be librosa.resample's (soxr_hq) ones."""
+    librosa = pytest.importorskip("librosa")
+    from whisper_spec.audio import _resample
+
+    x = np.random.default_rng(native_rate).standard_normal(n_samples).astype(np.float32)
+    expected = librosa.resample(x, orig_sr=native_rate, target_sr=SAMPLE_RATE)
+    got = _resample(x, native_rate, SAMPLE_RATE)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_loading_audio_does_not_import_librosa(tmp_path):
+    """librosa's import and first resample were the first-file cost of a fresh process."""
+    import sys
+
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.zeros(4800, dtype=np.float32), 48000)
+    code = (
+        "import sys; from whisper_spec.audio import load_audio; "
+        f"a = load_audio({str(path)!r}); assert a.shape == (1600,), a.shape; print('librosa' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,8 +1,9 @@
 """Reading audio files into the 16 kHz mono float32 arrays that Whisper consumes.
 
 soundfile (libsndfile) reads WAV, FLAC, OGG/Vorbis/Opus and MP3 itself; ffmpeg, when it is on PATH,
-decodes everything else (m4a, webm, ...). Resampling is librosa's (soxr). Every way a file can fail
-to give audio raises `AudioLoadError`, whose one-line message names the file and the reason.
+decodes everything else (m4a, webm, ...). Resampling is soxr's HQ filter called directly: the samples
+librosa's default gave, without importing librosa (its first call cost a fresh process seconds). Every way
+a file can fail to give audio raises `AudioLoadError`, whose one-line message names the file and the reason.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 
 SAMPLE_RATE = 16000  # Hz: the rate every Whisper model was trained on
 
@@ -51,8 +52,21 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise AudioLoadError(path, "the file contains no audio samples")
     mono = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
     if native_rate != sample_rate:
-        mono = librosa.resample(mono, orig_sr=native_rate, target_sr=sample_rate)
+        mono = _resample(mono, native_rate, sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _resample(mono: np.ndarray, native_rate: int, sample_rate: int) -> np.ndarray:
+    """soxr HQ resampling of `mono` [n] to [ceil(n * sample_rate / native_rate)] samples.
+
+    The length is fixed the way librosa.resample fixes it (zero-padded or trimmed), so the samples are the ones
+    librosa's default `soxr_hq` gave before: transcripts do not move.
+    """
+    out = soxr.resample(mono, native_rate, sample_rate, quality="soxr_hq")
+    n_samples = int(np.ceil(mono.shape[0] * float(sample_rate) / native_rate))
+    if out.shape[0] >= n_samples:
+        return out[:n_samples]
+    return np.pad(out, (0, n_samples - out.shape[0]))
 
 
 def audio_duration(path: str | os.PathLike) -> float:
