@@ -45,11 +45,33 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+COMPUTE_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def compute_dtype(compute_type: str, device: str | torch.device) -> torch.dtype:
+    """The torch dtype a faster-whisper style ``compute_type`` names on ``device``.
+
+    ``"default"`` is float16 on CUDA and float32 elsewhere; float16 runs only on CUDA (CPU half-precision
+    matmuls are slow and not what faster-whisper offers there).
+
+    Raises:
+        ValueError: an unknown compute type, or float16 off CUDA.
+    """
+    if compute_type == "default":
+        return default_dtype(device)
+    if compute_type not in COMPUTE_TYPES:
+        raise ValueError(f"unknown compute type {compute_type!r}: choose default, {', '.join(COMPUTE_TYPES)}")
+    if compute_type == "float16" and torch.device(device).type != "cuda":
+        raise ValueError("compute type float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
+    return COMPUTE_TYPES[compute_type]
+
+
 class WhisperModel:
     """A target Whisper with an optional draft; ``draft=None`` is the target alone (the baseline)."""
 
     def __init__(self, target: str | None = None, draft: str | None = DEFAULT, *, preset: str | None = None,
-                 device: str = "cpu", dtype: torch.dtype | None = None, cuda_graphs: bool = False):
+                 device: str = "cpu", compute_type: str = "default", dtype: torch.dtype | None = None,
+                 cuda_graphs: bool = False):
         """Load the target and the draft.
 
         Args:
@@ -58,13 +80,16 @@ class WhisperModel:
             draft: a draft spec (see ``whisper_spec.draft_specs.resolve_draft``); ``DEFAULT`` takes the
                 preset's; ``None`` runs the target alone.
             preset: a named target/draft pair from ``whisper_spec.presets.PRESETS``.
-            device, dtype: where and in what precision to run (default float16 on CUDA, float32 elsewhere).
+            device: where to run.
+            compute_type: the precision, named as faster-whisper names it: ``"default"`` (float16 on CUDA,
+                float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only).
+            dtype: a torch dtype instead of ``compute_type``, for callers not yet moved to it.
             cuda_graphs: on CUDA, decoding steps of up to 16 tokens run as fixed-shape steps replayed as
                 CUDA graphs (``CachedWhisperDecoder``'s ``static_steps``); ignored elsewhere.
         """
         self.target, self.draft = resolve_models(preset, target, draft)
         self.device = device
-        self.dtype = dtype or default_dtype(device)
+        self.dtype = dtype or compute_dtype(compute_type, device)
         self.static_steps = cuda_graphs and torch.device(device).type == "cuda"
         checkpoint = load_whisper(self.target, device=device, dtype=self.dtype)
         self.engine = SpeculativeWhisper(checkpoint, static_steps=self.static_steps)
@@ -155,20 +180,23 @@ class WhisperModel:
 @overload
 def transcribe(audio: Audio, target: str | None = None, draft: str | None = DEFAULT,
                options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
-               dtype: torch.dtype | None = None, cuda_graphs: bool = False, stream: Literal[False] = False,
+               compute_type: str = "default", dtype: torch.dtype | None = None, cuda_graphs: bool = False,
+               stream: Literal[False] = False,
                **overrides) -> Transcription: ...
 
 
 @overload
 def transcribe(audio: Audio, target: str | None = None, draft: str | None = DEFAULT,
                options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
-               dtype: torch.dtype | None = None, cuda_graphs: bool = False, stream: Literal[True],
+               compute_type: str = "default", dtype: torch.dtype | None = None, cuda_graphs: bool = False,
+               stream: Literal[True],
                **overrides) -> SegmentStream: ...
 
 
 def transcribe(audio: Audio, target: str | None = None, draft: str | None = DEFAULT,
                options: TranscribeOptions | None = None, *, preset: str | None = None, device: str = "cpu",
-               dtype: torch.dtype | None = None, cuda_graphs: bool = False, stream: bool = False,
+               compute_type: str = "default", dtype: torch.dtype | None = None, cuda_graphs: bool = False,
+               stream: bool = False,
                **overrides) -> Transcription | SegmentStream:
     """Load a ``WhisperModel`` for this call and transcribe ``audio`` with it (see ``WhisperModel.transcribe``).
 
@@ -181,5 +209,6 @@ def transcribe(audio: Audio, target: str | None = None, draft: str | None = DEFA
     """
     if not isinstance(audio, np.ndarray):
         audio = load_audio(audio)  # a bad file fails before any model is loaded
-    model = WhisperModel(target, draft, preset=preset, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
+    model = WhisperModel(target, draft, preset=preset, device=device, compute_type=compute_type, dtype=dtype,
+                         cuda_graphs=cuda_graphs)
     return model.transcribe(audio, options, stream=stream, **overrides)
