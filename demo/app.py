@@ -65,6 +65,7 @@ class DemoConfig:
     default_text_model: str = "smollm2-135m"  # the smallest bundled text LLM: quick to load on a CPU
     max_new_tokens: int = 128  # upper end of the text tab's length slider
     device: str = "cpu"
+    compute_type: str = "default"  # the target's precision, as faster-whisper names it (see WhisperModel)
 
 
 class UserError(Exception):
@@ -112,8 +113,8 @@ class SpeechModels:
     Loaded on first use and kept, so that each learns what its draft costs on this machine.
     """
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, compute_type: str = "default"):
+        self.device, self.compute_type = device, compute_type
         self._pairs: dict[str, tuple[WhisperModel, WhisperModel]] = {}
         self._lock = threading.Lock()
 
@@ -124,7 +125,7 @@ class SpeechModels:
         with self._lock:
             if preset not in self._pairs:
                 try:
-                    speculative = WhisperModel(preset=preset, device=self.device)
+                    speculative = WhisperModel(preset=preset, device=self.device, compute_type=self.compute_type)
                 except OSError as error:  # a hub checkpoint on a machine without the hub, a missing cache
                     raise UserError(f"The models of preset “{preset}” could not be loaded here: {error}") from error
                 self._pairs[preset] = (speculative, speculative.with_draft(None))
@@ -315,7 +316,7 @@ def run_text(prompt: str, target: str, draft: str, max_new_tokens: int, config: 
 
 
 def build_app(config: DemoConfig = DemoConfig(), models: SpeechModels | None = None) -> gr.Blocks:
-    models = models or SpeechModels(config.device)
+    models = models or SpeechModels(config.device, config.compute_type)
     preset_choices = [(f"{name} — {preset.note}", name) for name, preset in PRESETS.items()]
     with gr.Blocks(title="whisper-spec: speculative decoding demo", analytics_enabled=False) as app:
         gr.Markdown("# whisper-spec\nLossless speculative decoding for Whisper: a small draft proposes tokens, "
@@ -413,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-model", default=DemoConfig.default_text_model, choices=bundled_text_models(),
                         help="The text LLM selected when the text tab opens (loaded on its first use).")
     parser.add_argument("--device", default="cpu", help="Where the models run: cpu or cuda.")
+    parser.add_argument("--compute-type", default="default", choices=("default", "float32", "bfloat16", "float16"),
+                        help="Precision of the models: float16 on CUDA, float32 elsewhere by default; bfloat16 where "
+                             "the CPU supports it; float16 only on CUDA.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
     parser.add_argument("--no-warm-up", action="store_true", help="Load models on the first request, not at start.")
     args = parser.parse_args(argv)
@@ -421,8 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     config = DemoConfig(max_audio_seconds=args.max_audio_seconds, concurrency_limit=args.concurrency,
                         max_queue=args.max_queue, default_preset=args.preset,
-                        default_text_model=args.text_model, device=args.device)
-    models = SpeechModels(config.device)
+                        default_text_model=args.text_model, device=args.device,
+                        compute_type=args.compute_type)
+    models = SpeechModels(config.device, config.compute_type)
     if not args.no_warm_up:  # before the first visitor, so that the first timings are fair
         log.info("loading the models of preset %s", config.default_preset)
         models.pair(config.default_preset)
