@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from whisper_spec.distill.data import TargetRecord
-from whisper_spec.distill.donor import DonorDecoder
 from whisper_spec.distill.model import DistilledDecoder, DraftLayers
 
 FORMAT = "whisper-spec distilled draft"
@@ -36,6 +35,9 @@ def save_draft(model: DraftLayers, target: TargetRecord, path: str | os.PathLike
 
     ``training`` is a small record of how it was made (steps, data, held-out acceptance), kept as is.
     """
+    # transformers' layers: imported only when a donor draft is saved or loaded
+    from whisper_spec.distill.donor import DonorDecoder
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -104,6 +106,9 @@ def load_draft(path: str | os.PathLike, target) -> DraftLayers:
     donor = payload.get("donor")
     state = {k: _restored(v) for k, v in payload["state"].items()}
     if donor:
+        # imports transformers: only drafts built on a donor pay for it
+        from whisper_spec.distill.donor import DonorDecoder
+
         model = DonorDecoder(donor["config"], payload["init_layers"], payload["vocab_ids"], weight.shape[1],
                              weight.shape[0], donor["name"], donor["adapter_hidden"])
     else:
