@@ -29,8 +29,9 @@ def add_parser(subparsers) -> None:
                         help="the draft (as for `whisper-spec transcribe`); 'default' takes the preset's")
     parser.add_argument("--no-speculative", action="store_true", help="serve the target alone (the baseline)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
-                        help="model precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--compute-type", default="default", choices=("default", "float32", "bfloat16", "float16"),
+                        help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
+                             "float32 on CPU; float16 only on CUDA)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for decoding (default: torch's choice, one per core)")
     parser.add_argument("--max-batch", type=int, default=4,
@@ -62,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"whisper-spec serve: {error}", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
-    model = WhisperModel(target, None if args.no_speculative else draft, device=device, dtype=dtype)
+    try:
+        model = WhisperModel(target, None if args.no_speculative else draft, device=device,
+                             compute_type=args.compute_type)
+    except ValueError as error:
+        print(f"whisper-spec serve: {error}", file=sys.stderr)
+        return 2
     batcher = Batcher(model, args.max_batch)
     app = create_app(model, ServerOptions(args.max_batch, args.max_upload_mb, args.model_name), batcher)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
