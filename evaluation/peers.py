@@ -1,9 +1,11 @@
-"""The external peers: transformers' own greedy ``generate`` on the target, and its assisted generation.
+"""The external peers: transformers' own greedy ``generate`` on the target, its assisted generation, and
+faster-whisper (CTranslate2), the engine CPU users pick.
 
-They run on the same files and the same loaded weights as ours, so a difference in speed is a difference
-between decoding loops, not between models. Assisted generation needs the draft to share the target's
-tokenizer (transformers' Whisper assistant works on token ids); any other pair is refused with
-``UnsupportedPairError`` and reported as unsupported, never replaced by something else.
+transformers runs on the same loaded weights as ours, so a difference in speed is a difference between
+decoding loops, not between models; faster-whisper runs on the very CTranslate2 bundle our offline
+models are converted from, at its own compute type (int8 or float32). Assisted generation needs the
+draft to share the target's tokenizer (transformers' Whisper assistant works on token ids); any other
+pair is refused with ``UnsupportedPairError`` and reported as unsupported, never replaced by something else.
 """
 
 from __future__ import annotations
@@ -106,3 +108,29 @@ class TransformersPeer:
         while end > start and ids[end - 1] in self._specials:
             end -= 1
         return tuple(ids[start:end])
+
+
+class FasterWhisperPeer:
+    """faster-whisper's ``WhisperModel.transcribe``, greedy (beam 1, temperature 0 without fallback), no VAD,
+    one window without timestamps or previous text: as ours decodes each evaluation file."""
+
+    def __init__(self, target: str, compute_type: str = "int8", *, threads: int | None = None):
+        try:
+            from faster_whisper import WhisperModel as FasterWhisperModel
+        except ImportError as error:
+            raise UnsupportedPairError("faster-whisper is not installed (pip install -e '.[eval]')") from error
+        from whisper_spec.whisper.checkpoints import bundle_ctranslate2_dir, bundled_models
+
+        folder = bundle_ctranslate2_dir(target) if target in bundled_models() else target
+        self.model = FasterWhisperModel(str(folder), device="cpu", compute_type=compute_type,
+                                        cpu_threads=threads or torch.get_num_threads())
+        self.specials = frozenset(self.model.hf_tokenizer.token_to_id(t) for t in ("<|endoftext|>",))
+
+    def transcribe(self, samples: np.ndarray, language: str | None) -> PeerOutput:
+        segments, _ = self.model.transcribe(
+            samples, language=language, beam_size=1, best_of=1, temperature=[0.0], vad_filter=False,
+            condition_on_previous_text=False, without_timestamps=True, no_speech_threshold=None,
+            log_prob_threshold=None, compression_ratio_threshold=None)
+        segments = list(segments)
+        tokens = tuple(t for s in segments for t in s.tokens if t not in self.specials)
+        return PeerOutput(tokens, "".join(s.text for s in segments).strip(), 0, 0)

@@ -165,10 +165,10 @@ def _fastest(summaries: tuple[ConfigurationSummary, ...]) -> tuple[str | None, s
     note = f"Fastest: {best.name} at RTFx {best.rtfx:.2f}"
     if best.speedup is not None:
         note += f", {best.speedup:.2f}x the baseline (ours, {best.target} alone)"
-    peers = [s for s in timed if s.engine == "transformers" and s.name != best.name]
+    peers = [s for s in timed if s.engine != "ours" and s.name != best.name]
     if peers:
         note += "; " + ", ".join(f"{best.rtfx / s.rtfx:.2f}x {s.name}" for s in peers)
-    if len(timed) > 1 and timed[1].engine != "transformers":
+    if len(timed) > 1 and timed[1].engine == "ours":
         note += f"; runner-up {timed[1].name} at RTFx {timed[1].rtfx:.2f}"
     return best.name, note + "."
 

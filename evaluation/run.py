@@ -30,13 +30,13 @@ import torch
 
 from evaluation.manifests import ManifestEntry
 from evaluation.metrics import ErrorCounts, char_errors, word_errors
-from evaluation.peers import TransformersPeer, UnsupportedPairError
+from evaluation.peers import FasterWhisperPeer, TransformersPeer, UnsupportedPairError
 from whisper_spec.audio import SAMPLE_RATE, load_audio
 from whisper_spec.core.stats import synchronize
 from whisper_spec.model import WhisperModel
 from whisper_spec.whisper.features import WINDOW_SECONDS
 
-ENGINES = ("ours", "transformers")
+ENGINES = ("ours", "transformers", "faster-whisper")
 # the offline pairs: the baseline, our draft kinds (the shipped distilled one first), and both transformers peers
 DEFAULT_CONFIGURATIONS = (
     "ours:base",
@@ -46,6 +46,8 @@ DEFAULT_CONFIGURATIONS = (
     "ours:base+base",  # same tokenizer: the one pair transformers' assisted generation supports here
     "transformers:base",
     "transformers:base+base",
+    "faster-whisper:base@int8",  # the CPU peer, at the compute type its users pick ...
+    "faster-whisper:base@float32",  # ... and at ours
 )
 _RSS_SAMPLE_SECONDS = 0.002  # how often the CPU memory probe reads the resident set size
 
@@ -219,6 +221,18 @@ class _PeerRunner:
         return _Output(out.tokens, out.text, out.target_calls, out.draft_calls)
 
 
+class _FasterWhisperRunner:
+    def __init__(self, configuration: Configuration):
+        """``configuration.target``: NAME[@COMPUTE_TYPE] (default int8)."""
+        target, _, compute_type = configuration.target.partition("@")
+        self.peer = FasterWhisperPeer(target, compute_type or "int8")
+        self.models = []  # CTranslate2 holds its weights outside torch
+
+    def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
+        out = self.peer.transcribe(samples, language)
+        return _Output(out.tokens, out.text, out.target_calls, out.draft_calls)
+
+
 class MemoryProbe:
     """Peak memory of the work inside ``with``: on CUDA the allocator's peak; on CPU the largest growth of
     the process's resident set above its level at entry, sampled by a thread (weights already loaded
@@ -335,6 +349,8 @@ def run_evaluation(
                         configuration.target, None, device=options.device, dtype=options.resolved_dtype,
                         cuda_graphs=options.cuda_graphs)
                 runner = _OursRunner(configuration, options, baselines[configuration.target])
+            elif configuration.engine == "faster-whisper":
+                runner = _FasterWhisperRunner(configuration)
             else:
                 runner = _PeerRunner(configuration, options)
         except UnsupportedPairError as error:
@@ -368,18 +384,23 @@ def run_evaluation(
 
 
 def _timed(name, runner, file_id, entry, samples, options: EvalOptions, on_step) -> FileRecord:
-    seconds, peaks = [], []
+    """Median seconds of ``options.repeats`` decodes, then peak memory in one more, untimed decode: a
+    sampling thread competes for the interpreter with the decoding loop, so it never runs while a clock does."""
+    seconds = []
     output = None
     for _ in range(options.repeats):
-        with MemoryProbe(options.device, options.measure_memory) as probe:
-            synchronize(options.device)
-            start = time.perf_counter()
-            output = runner(samples, entry.language)
-            synchronize(options.device)
-            seconds.append(time.perf_counter() - start)
-        peaks.append(probe.peak_bytes)
+        synchronize(options.device)
+        start = time.perf_counter()
+        output = runner(samples, entry.language)
+        synchronize(options.device)
+        seconds.append(time.perf_counter() - start)
         if on_step:
             on_step(f"{name} {file_id}")
+    peaks = [0]
+    if options.measure_memory:
+        with MemoryProbe(options.device, True) as probe:
+            runner(samples, entry.language)
+        peaks.append(probe.peak_bytes)
     return FileRecord(
         configuration=name, file_id=file_id, audio_seconds=samples.size / SAMPLE_RATE, reference=entry.text,
         text=output.text, tokens=output.tokens, seconds=statistics.median(seconds), repeat_seconds=tuple(seconds),

@@ -74,7 +74,7 @@ def eval_report(tmp_path_factory) -> tuple[dict, Path]:
     # after the warm-up, and this run checks that drafting statistics reach the report
     status = main(["eval", "--librivox", "--limit", "2", "--out", str(out), "--no-progress", "--fixed-draft-length",
                    "--config", "ours:base", "--config", "ours:base+layers:0,5", "--config", "transformers:base",
-                   "--config", "transformers:base+tiny.en"])
+                   "--config", "transformers:base+tiny.en", "--config", "faster-whisper:base@int8"])
     assert status == 0
     return json.loads((out / "report.json").read_text()), out
 
@@ -92,7 +92,8 @@ def test_end_to_end_report_files(eval_report):
 def test_end_to_end_parity_wer_and_speed_numbers(eval_report):
     report, _ = eval_report
     summaries = {c["name"]: c for c in report["configurations"]}
-    assert set(summaries) == {"ours:base", "ours:base+layers:0,5", "transformers:base", "transformers:base+tiny.en"}
+    assert set(summaries) == {"ours:base", "ours:base+layers:0,5", "transformers:base", "transformers:base+tiny.en",
+                              "faster-whisper:base@int8"}
     baseline, drafted = summaries["ours:base"], summaries["ours:base+layers:0,5"]
     # lossless: the speculative ids are the target's own greedy ids on every file
     assert drafted["parity_identical"] == drafted["parity_files"] == 2
@@ -109,6 +110,9 @@ def test_end_to_end_parity_wer_and_speed_numbers(eval_report):
     # a pair transformers cannot assist is reported, not faked
     refused = summaries["transformers:base+tiny.en"]
     assert refused["supported"] is False and "tokenizer" in refused["reason"] and refused["files"] == 0
+    # faster-whisper, the CPU peer, on the same CTranslate2 bundle at int8: timed, and close to base's words
+    faster = summaries["faster-whisper:base@int8"]
+    assert faster["supported"] and faster["files"] == 2 and faster["rtfx"] > 0 and faster["wer"] < 0.2
     files = [f for f in report["files"] if f["configuration"] == "ours:base"]
     assert len(files) == 2 and all(f["tokens"] and f["seconds"] > 0 for f in files)
 
