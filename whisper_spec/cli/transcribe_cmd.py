@@ -8,11 +8,9 @@ why; the others go on, and the exit status is 1 when any file failed.
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +20,13 @@ from tqdm import tqdm
 from whisper_spec.audio import AudioLoadError, audio_duration, load_audio
 from whisper_spec.cli import VERBS
 from whisper_spec.core.stats import SpeculationStats
-from whisper_spec.model import WhisperModel
+from whisper_spec.jobs import Failure, Job, find_jobs, print_summary
+from whisper_spec.model import COMPUTE_TYPES, WhisperModel
 from whisper_spec.output_formats import FORMATS, output_paths, write_outputs
 from whisper_spec.presets import DEFAULT, PRESETS, resolve_models
 from whisper_spec.transcription import TranscribeOptions, Transcription
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".webm", ".mp4", ".mkv")
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Job:
-    source: Path  # the audio file
-    stem: Path  # outputs go to stem.<format>
-
-
-@dataclass(frozen=True)
-class Failure:
-    source: str
-    reason: str
 
 
 def add_parser(subparsers) -> None:
@@ -68,8 +53,9 @@ def add_parser(subparsers) -> None:
                         help="run the target alone (the baseline), everything else unchanged")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device to run on (cpu, cuda, cuda:1, ...)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES),
-                        help="model precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
+                        help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
+                             "float32 on CPU; bfloat16 where the CPU supports it; float16 only on CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="on a CUDA device, replay decoding steps of target and draft as CUDA graphs (large "
                              "models at small batches are launch-bound); ignored on a CPU")
@@ -98,41 +84,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="transcribe again files whose outputs already exist (default: skip them)")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run on Ray Data (needs the 'cluster' extra): alone, a local Ray started for this "
+                             "job; 'auto' or ray://host:port joins a running cluster, whose workers must all "
+                             "read the inputs and write --output-dir (shared storage)")
+    parser.add_argument("--workers", type=int, default=1, help="with --ray: how many model actors run at once")
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="with --ray: CPUs (torch threads) each actor takes")
     parser.set_defaults(func=run)
-
-
-def find_jobs(inputs: list[str], output_dir: Path) -> tuple[list[Job], list[Failure]]:
-    """Expand files, folders and globs into jobs with distinct output stems; report inputs that match nothing."""
-    jobs: list[Job] = []
-    failures: list[Failure] = []
-    claimed: dict[Path, Path] = {}
-
-    def add(source: Path, stem: Path) -> None:
-        if stem in claimed:
-            if claimed[stem].resolve() != source.resolve():
-                failures.append(Failure(str(source), f"its output name {stem} is also {claimed[stem]}'s; "
-                                                     f"transcribe them into different --output-dir"))
-            return
-        claimed[stem] = source
-        jobs.append(Job(source, stem))
-
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                failures.append(Failure(item, f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder"))
-            for source in found:
-                add(source, output_dir / source.relative_to(path).with_suffix(""))
-        elif path.exists() or not glob.has_magic(item):
-            add(path, output_dir / path.stem)  # a missing file fails when it is read, with the reason
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
-            if not matches:
-                failures.append(Failure(item, "no files match this pattern"))
-            for source in matches:
-                add(source, output_dir / source.stem)
-    return jobs, failures
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
             skipped += 1
         else:
             todo.append(job)
+    if args.ray is not None:
+        return _run_on_ray(args, todo, skipped, failures, target, draft, options, formats, started)
     seconds: dict[Job, float] = {}
     for job in todo:
         try:
@@ -172,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     done: list[Transcription] = []
     if todo:
-        model = WhisperModel(target, draft, device=args.device, dtype=DTYPES.get(args.dtype),
+        model = WhisperModel(target, draft, device=args.device, compute_type=args.compute_type,
                              cuda_graphs=args.cuda_graphs)
         bar = tqdm(total=sum(seconds.values()), unit="s", unit_scale=True, desc="audio", bar_format=BAR_FORMAT,
                    disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
@@ -200,7 +161,39 @@ def run(args: argparse.Namespace) -> int:
             done.append(step.transcription)
             bar.set_postfix_str(f"files {len(done)}/{len(todo)}")
         bar.close()
-    _summary(done, skipped, failures, time.perf_counter() - started, args.output_dir)
+    print_summary(len(done), sum(t.audio_seconds for t in done), sum((t.stats for t in done), SpeculationStats()),
+                  skipped, failures, time.perf_counter() - started, args.output_dir)
+    return 1 if failures else 0
+
+
+def _run_on_ray(args: argparse.Namespace, todo: list[Job], skipped: int, failures: list[Failure], target: str,
+                draft: str | None, options: TranscribeOptions, formats: list[str], started: float) -> int:
+    """The same job on Ray Data: actors write the outputs, this process reports and sums up."""
+    import ray  # only here: the default path never imports the optional extra
+
+    from whisper_spec.cluster import transcribe_dataset
+
+    ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
+    stats, audio, done = SpeculationStats(), 0.0, 0
+    if todo:
+        rows = ray.data.from_items([{"path": str(job.source.absolute()), "stem": str(job.stem.absolute())}
+                                    for job in todo])  # absolute: actors may run in another folder
+        results = transcribe_dataset(rows, args.output_dir, target=target, draft=draft, options=options,
+                                     formats=formats, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                                     batch_size=args.batch_size, device=args.device, overwrite=args.overwrite)
+        for row in results.iter_rows():
+            if row["status"] == "failed":
+                failures.append(_report(Failure(row["path"], row["reason"])))
+            elif row["status"] == "skipped":
+                skipped += 1
+            else:
+                done += 1
+                audio += row["audio_seconds"]
+                stats += SpeculationStats(tokens=row["tokens"], drafted=row["drafted"], accepted=row["accepted"],
+                                          target_calls=row["target_calls"])
+    print_summary(done, audio, stats, skipped, failures, time.perf_counter() - started, args.output_dir)
     return 1 if failures else 0
 
 
@@ -208,24 +201,3 @@ def _report(failure: Failure, bar: tqdm | None = None) -> Failure:
     line = f"error: {failure.source}: {failure.reason}"
     (bar.write if bar is not None else print)(line, file=sys.stderr)
     return failure
-
-
-def _summary(done: list[Transcription], skipped: int, failures: list[Failure], wall: float, output_dir: Path) -> None:
-    stats = sum((t.stats for t in done), SpeculationStats())
-    audio = sum(t.audio_seconds for t in done)
-    rows = [
-        ("files transcribed", f"{len(done)}"),
-        ("files skipped (already done)", f"{skipped}"),
-        ("files failed", f"{len(failures)}"),
-        ("audio", f"{audio / 3600:.3f} h ({audio:.1f} s)"),
-        ("wall time", f"{wall:.1f} s"),
-        ("real-time factor", f"{wall / audio:.3f}" if audio else "-"),
-        ("draft acceptance",
-         f"{stats.acceptance_rate:.2f} ({stats.accepted}/{stats.drafted})" if stats.drafted else "-"),
-        ("tokens per target call", f"{stats.tokens_per_target_call:.2f}" if stats.target_calls else "-"),
-        ("outputs in", str(output_dir)),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    for failure in failures:
-        print(f"failed: {failure.source}: {failure.reason}")
