@@ -94,8 +94,9 @@ def make_clip(directory: Path, seconds: float = 5.0) -> Path:
 
 def configurations(clip: Path, out_dir: Path) -> dict[str, list[str]]:
     """Label -> argv of each measured cold start."""
+    # --overwrite: every run transcribes (the resume rule would skip the file once its txt exists)
     ours = [sys.executable, "-m", "whisper_spec", "transcribe", str(clip), "--formats", "txt",
-            "--output-dir", str(out_dir)]
+            "--output-dir", str(out_dir), "--overwrite"]
     return {
         "`whisper-spec transcribe clip.mp3 --formats txt` (defaults)": ours,
         "the same with `--no-speculative`": ours + ["--no-speculative"],
