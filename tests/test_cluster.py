@@ -3,6 +3,7 @@ the same outputs as the local CLI, resume, a bad file among good ones, and an ac
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,8 +49,31 @@ def local_outputs(folder, tmp_path_factory) -> dict[str, bytes]:
     return _files(out)
 
 
-def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+def _files(out: Path) -> dict[str, object]:
+    """Every output file's bytes; json files parsed, without what says how fast or how it was decoded
+    (timings, speculation counts, per-token draft provenance), which no two runs share."""
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        if path.suffix == ".json":
+            content = json.loads(content)
+            content.pop("timings"), content.pop("speculation")
+            for segment in content["segments"]:
+                segment.pop("from_draft", None)
+        files[str(path.relative_to(out))] = content
+    return files
+
+
+def _same(a, b) -> bool:
+    """Equal, floats within a relative 1e-4: actors run on another thread count, which rounds the
+    probabilities in the json (never the tokens or the text) differently."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def test_ray_writes_the_local_clis_outputs_then_resumes_what_is_missing(folder, local_outputs, tmp_path, capsys):
@@ -57,7 +81,7 @@ def test_ray_writes_the_local_clis_outputs_then_resumes_what_is_missing(folder, 
     assert len(local_outputs) == len(CLIPS) * len(FORMATS)
     assert main(["transcribe", str(folder), "-o", str(out), *MODELS, "--ray", "auto", "--workers", "2",
                  "--no-progress"]) == 0
-    assert _files(out) == local_outputs
+    assert _same(_files(out), local_outputs)
     # an interrupted job: one file's outputs never written, another's half written
     first, second = (Path(c).stem for c in CLIPS[:2])
     for name in FORMATS:
@@ -67,7 +91,7 @@ def test_ray_writes_the_local_clis_outputs_then_resumes_what_is_missing(folder, 
     assert main(["transcribe", str(folder), "-o", str(out), *MODELS, "--ray", "auto", "--no-progress"]) == 0
     summary = capsys.readouterr().out
     assert "files transcribed             2" in summary and "files skipped (already done)  1" in summary
-    assert _files(out) == local_outputs
+    assert _same(_files(out), local_outputs)
 
 
 def test_a_bad_file_is_reported_and_the_good_ones_finish(folder, local_outputs, tmp_path):
@@ -82,7 +106,7 @@ def test_a_bad_file_is_reported_and_the_good_ones_finish(folder, local_outputs, 
         options=_options(), workers=1).iter_rows()}
     assert rows["notes.wav"]["status"] == "failed" and rows["notes.wav"]["reason"]
     assert rows[CLIPS[1].name]["status"] == "ok" and rows[CLIPS[1].name]["text"].strip()
-    assert _files(out) == {k: v for k, v in local_outputs.items() if k.startswith(CLIPS[1].stem + ".")}
+    assert _same(_files(out), {k: v for k, v in local_outputs.items() if k.startswith(CLIPS[1].stem + ".")})
 
 
 def test_an_actor_killed_mid_job_is_restarted_and_every_output_written(folder, local_outputs, tmp_path):
@@ -93,7 +117,7 @@ def test_an_actor_killed_mid_job_is_restarted_and_every_output_written(folder, l
                               ray_remote_args={"runtime_env": {"env_vars": {EXIT_ONCE_ENV: str(marker)}}}).take_all()
     assert marker.exists()  # an actor did exit
     assert sorted(r["status"] for r in rows) == ["ok"] * len(CLIPS)
-    assert _files(out) == local_outputs
+    assert _same(_files(out), local_outputs)
 
 
 def test_the_default_path_never_imports_ray(folder, tmp_path):

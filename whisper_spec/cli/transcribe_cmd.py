@@ -171,10 +171,23 @@ def _run_on_ray(args: argparse.Namespace, todo: list[Job], skipped: int, failure
     """The same job on Ray Data: actors write the outputs, this process reports and sums up."""
     import ray  # only here: the default path never imports the optional extra
 
+    started_ray = not ray.is_initialized()  # a caller already connected (a notebook, a test) keeps its Ray
+    if started_ray:
+        ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    try:
+        return _ray_job(args, todo, skipped, failures, target, draft, options, formats, started)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _ray_job(args: argparse.Namespace, todo: list[Job], skipped: int, failures: list[Failure], target: str,
+             draft: str | None, options: TranscribeOptions, formats: list[str], started: float) -> int:
+    import ray
+
     from whisper_spec.cluster import transcribe_dataset
 
-    ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = not args.no_progress
     stats, audio, done = SpeculationStats(), 0.0, 0
     if todo:
