@@ -19,7 +19,6 @@ from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.model import WhisperModel
 from whisper_spec.server.batcher import Batcher, Job
 from whisper_spec.server.openai_api import (
-    AudioRequest,
     RequestError,
     check_request,
     delta_event,
@@ -218,4 +217,4 @@ def _language_names() -> dict[str, str]:
     return dict(LANGUAGES)
 
 
-__all__ = ["AudioRequest", "ServerOptions", "create_app"]
+__all__ = ["ServerOptions", "create_app"]
