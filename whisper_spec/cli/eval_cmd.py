@@ -1,6 +1,7 @@
-"""``whisper-spec eval``: WER, token parity, latency and speed-up of ours and the transformers peers,
-on manifests of real speech, written as report.md, report.json and PNG plots; optionally the timing mode
-(random weights of the production architectures, oracle draft)."""
+"""``whisper-spec eval``: WER, token parity, latency and speed-up of ours, transformers and faster-whisper,
+on manifests of real speech (long recordings through each engine's long-form algorithm), overall, by
+duration and on speech the shipped draft never saw, written as report.md, report.json and PNG plots;
+optionally the timing mode (random weights of the production architectures, oracle draft)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from whisper_spec.cli import VERBS
 
-DTYPES = ("float32", "float16", "bfloat16")
+COMPUTE_TYPES = ("default", "float32", "bfloat16", "float16")  # whisper_spec.model.compute_dtype's names
+LONGFORM_ALLISON = 30  # the Allison prompts the shipped draft's training held out, joined for --longform
+LONGFORM_ALLISON_SECONDS = 90.0  # about how long each joined recording is
 DEFAULT_ALLISON = 60  # Allison prompts in the default set: with LibriVox, about 8 of the 15 minutes on 2 CPU cores
 
 
@@ -32,10 +35,17 @@ def add_parser(subparsers) -> None:
                            "(needs the datasets package and a reachable hub)")
     data.add_argument("--tts-texts", default=None, metavar="TXT",
                       help="add speech synthesised with hibari-tts from each non-empty line of this text file")
+    data.add_argument("--longform", action="store_true",
+                      help=f"add long recordings (over 30 s, decoded by each engine's long-form algorithm): "
+                           f"Allison's first {LONGFORM_ALLISON} prompts joined into recordings of about "
+                           f"{LONGFORM_ALLISON_SECONDS:.0f} s, and hibari-tts reading two passages of Sense and "
+                           f"Sensibility (about 70 s each; needs hibari-tts)")
     data.add_argument("--limit", type=int, default=None, metavar="N",
-                      help="keep only the first N files of all the data selected")
-    parser.add_argument("--config", action="append", default=None, metavar="ENGINE:TARGET[+DRAFT]",
-                        help="a configuration to run, e.g. ours:base+tiny.en or transformers:base+base; repeatable "
+                      help="keep only the first N files of all the data selected (long recordings come last)")
+    parser.add_argument("--config", action="append", default=None, metavar="ENGINE:TARGET[@COMPUTE_TYPE][+DRAFT]",
+                        help="a configuration to run, e.g. ours:base+tiny.en, ours:base@bfloat16+distilled, "
+                             "transformers:base+base or faster-whisper:base@float32 (faster-whisper: int8 unless "
+                             "named); repeatable "
                              f"(default: {' '.join(DEFAULT_CONFIGURATIONS)})")
     parser.add_argument("--out", default="eval-report",
                         help="folder for report.md, report.json and the plots (default: %(default)s)")
@@ -49,13 +59,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--fixed-draft-length", action="store_true",
                         help="always draft --draft-length tokens (ours) instead of adapting it to acceptance")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="model precision (default: float16 on CUDA, float32 on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compute-type", choices=COMPUTE_TYPES, default="default",
+                        help="precision of ours and transformers where a configuration names none, as "
+                             "faster-whisper names it (default: float16 on CUDA, float32 on CPU; float16 only on "
+                             "CUDA); also the timing mode's")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads, and faster-whisper's cpu_threads (default: torch's choice)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="ours on a CUDA device: replay decoding steps as CUDA graphs (ignored on a CPU)")
     parser.add_argument("--no-memory", action="store_true",
-                        help="do not probe peak memory during the timed calls")
+                        help="skip the untimed extra call per file and configuration that measures peak memory")
     parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     timing = parser.add_argument_group("timing mode: random weights of the real architectures, oracle draft")
     timing.add_argument("--timing", action="store_true",
@@ -84,13 +97,15 @@ def _entries(args):
         allison_manifest,
         huggingface_manifest,
         librivox_manifest,
+        longform_manifest,
         read_manifest,
+        tts_longform_manifest,
         tts_manifest,
     )
 
     names, entries = [], []
     allison = args.allison
-    if not (args.manifest or args.librivox or allison or args.librispeech or args.tts_texts):
+    if not (args.manifest or args.librivox or allison or args.librispeech or args.tts_texts or args.longform):
         args.librivox, allison = True, DEFAULT_ALLISON
     if args.librivox:
         entries += librivox_manifest()
@@ -109,15 +124,21 @@ def _entries(args):
     for path in args.manifest:
         entries += read_manifest(path)
         names.append(str(path))
+    if args.longform:
+        joined = longform_manifest(allison_manifest(limit=LONGFORM_ALLISON), Path(args.out) / "longform" / "allison",
+                                   target_seconds=LONGFORM_ALLISON_SECONDS)
+        spoken = tts_longform_manifest(Path(args.out) / "longform" / "tts")
+        entries += joined + spoken
+        names.append(f"long-form: Allison's first {LONGFORM_ALLISON} prompts joined ({len(joined)} recordings), "
+                     f"hibari-tts reading Sense and Sensibility ({len(spoken)} passages)")
     if args.limit is not None:
         entries = entries[: args.limit]
     return entries, names
 
 
 def _timing_options(args):
-    import torch
-
     from evaluation.gpu_timing import TimingOptions
+    from whisper_spec.model import compute_dtype
 
     try:
         probabilities = tuple(float(p) for p in args.timing_probabilities.split(",") if p.strip())
@@ -128,7 +149,7 @@ def _timing_options(args):
         architecture=args.timing_architecture, probabilities=probabilities, new_tokens=args.timing_tokens,
         batch_size=args.timing_batch, draft_length=args.draft_length,
         adaptive_draft_length=not args.fixed_draft_length, repeats=args.timing_repeats, device=args.device,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        dtype=compute_dtype(args.compute_type, args.device),
         static_steps={"auto": None, "on": True, "off": False}[args.timing_static_steps],
         transformers_greedy=not args.timing_no_transformers)
 
@@ -143,18 +164,20 @@ def run(args) -> int:
 
     # the command line as typed, for the report (None when called from Python with another argv)
     command = "whisper-spec " + shlex.join(sys.argv[sys.argv.index("eval"):]) if "eval" in sys.argv else None
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         configurations = [Configuration.parse(spec) for spec in (args.config or DEFAULT_CONFIGURATIONS)]
         options = EvalOptions(
             draft_length=args.draft_length, adaptive_draft_length=not args.fixed_draft_length, repeats=args.repeats,
-            warmup=not args.no_warmup, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None,
+            warmup=not args.no_warmup, device=args.device, compute_type=args.compute_type, threads=args.threads,
             measure_memory=not args.no_memory, cuda_graphs=args.cuda_graphs)
+        for configuration in configurations:  # an unknown compute type, or float16 off CUDA, stops here
+            configuration.resolved_compute_type(options)
         timing_options = _timing_options(args) if (args.timing or args.timing_only) else None
     except ValueError as error:
         print(f"whisper-spec eval: {error}", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     timing = None
     if timing_options is not None:
@@ -168,7 +191,13 @@ def run(args) -> int:
             print(f"chart: {plot_timing(timing, Path(args.out) / 'timing_speedup_vs_acceptance.png')}")
             return 0
 
-    entries, names = _entries(args)
+    from evaluation.manifests import DatasetUnavailableError
+
+    try:
+        entries, names = _entries(args)
+    except DatasetUnavailableError as error:
+        print(f"whisper-spec eval: {error}", file=sys.stderr)
+        return 2
     steps = len(configurations) * (len(entries) * options.repeats + int(options.warmup))
     with tqdm(total=steps, desc="eval", unit="decode", disable=args.no_progress) as bar:
         def step(label: str) -> None:
