@@ -295,3 +295,24 @@ def test_baselines_per_compute_type_groups_and_unsupported_files_on_hand_made_re
     assert any(row.startswith("| transformers:m+a | float32 | not supported (files: 1): no long-form here |")
                for row in long_rows)
     assert "| ours:m@bfloat16+d | bfloat16 | 1 | 40 | 2.0 | 20.00 | 2.00x | 0.00 | 1.50x |" in long_rows
+
+
+def test_longform_option_adds_long_recordings_seen_and_unseen_by_the_draft(tmp_path):
+    pytest.importorskip("hibari")
+    from evaluation.manifests import ALLISON_DIR
+    from evaluation.report import draft_exposure
+    from whisper_spec.audio import audio_duration
+    from whisper_spec.cli.eval_cmd import _entries
+
+    if not ALLISON_DIR.is_dir():
+        pytest.skip("needs the Debian package asterisk-core-sounds-en-wav")
+    args = build_parser().parse_args(["eval", "--longform", "--out", str(tmp_path)])
+    entries, names = _entries(args)
+    assert len(names) == 1 and "long-form" in names[0]  # --longform alone: no short clips added
+    by_source: dict[str, list] = {}
+    for entry in entries:
+        by_source.setdefault(entry.source, []).append(entry)
+    assert set(by_source) == {"longform:allison", "longform:tts"}
+    assert len(by_source["longform:tts"]) == 2 and len(by_source["longform:allison"]) >= 1
+    assert all(audio_duration(entry.audio) > 30 for entry in entries)
+    assert {draft_exposure(source) for source in by_source} == {EXPOSURE_GROUPS[0], EXPOSURE_GROUPS[1]}
