@@ -29,24 +29,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (
-    GenerationConfig,
-    WhisperConfig,
-    WhisperFeatureExtractor,
-    WhisperForConditionalGeneration,
-    WhisperTokenizerFast,
-)
-from transformers.models.whisper.modeling_whisper import WhisperDecoder
+from transformers import GenerationConfig as TransformersGenerationConfig
+from transformers import WhisperConfig as TransformersWhisperConfig
+from transformers import WhisperForConditionalGeneration
 from transformers.utils import logging as transformers_logging
 
 from whisper_spec.core.protocols import DraftRequest, Proposal
 from whisper_spec.core.stats import synchronize
-from whisper_spec.whisper.checkpoints import WhisperCheckpoint, load_whisper
+from whisper_spec.whisper.checkpoints import GenerationConfig, WhisperCheckpoint, checkpoint_dir
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.drafts import DraftSetup, WindowBatch, WindowDrafter
 from whisper_spec.whisper.drafts.shared_encoder import SharedEncoderDraft
 from whisper_spec.whisper.engine import SpeculativeWhisper, WindowOptions
-from whisper_spec.whisper.features import log_mel
+from whisper_spec.whisper.features import LogMel, log_mel
+from whisper_spec.whisper.modeling import Whisper, WhisperConfig, WhisperDecoder
+from whisper_spec.whisper.tokenizer import WhisperTokenizer
 from whisper_spec.whisper.tokens import WhisperTokens
 
 
@@ -61,8 +58,8 @@ class Architecture:
     draft_decoder_layers: int  # the draft's (it reads the target's encoder outputs)
     mel_bins: int
 
-    def config(self, vocab_size: int, decoder_layers: int) -> WhisperConfig:
-        return WhisperConfig(
+    def config(self, vocab_size: int, decoder_layers: int) -> TransformersWhisperConfig:
+        return TransformersWhisperConfig(
             vocab_size=vocab_size, num_mel_bins=self.mel_bins, d_model=self.d_model,
             encoder_layers=self.encoder_layers, decoder_layers=decoder_layers,
             encoder_attention_heads=self.heads, decoder_attention_heads=self.heads,
@@ -186,14 +183,11 @@ class _OracleDrafter:
         return Proposal(tokens=tokens, forward_calls=paid.forward_calls)
 
 
-def _vocabulary(source: str):
-    """(tokenizer, generation config) of a bundled model name or of a directory holding only those files."""
+def _vocabulary(source: str) -> Path:
+    """The directory holding tokenizer.json and generation_config.json: ``source`` itself, or a bundled
+    model's converted checkpoint."""
     path = Path(source).expanduser()
-    if (path / "tokenizer.json").is_file():
-        return (WhisperTokenizerFast.from_pretrained(path, local_files_only=True),
-                GenerationConfig.from_pretrained(path, local_files_only=True))
-    checkpoint = load_whisper(source)
-    return checkpoint.tokenizer, checkpoint.generation_config
+    return path if (path / "tokenizer.json").is_file() else checkpoint_dir(source)
 
 
 def _random_checkpoint(name: str, architecture: Architecture, device: str, dtype: torch.dtype, seed: int,
@@ -206,22 +200,35 @@ def _random_checkpoint(name: str, architecture: Architecture, device: str, dtype
     every decode is exactly ``new_tokens`` long. The models are built on ``device`` directly (large-v3's
     random initialisation on a CPU alone takes minutes).
     """
-    tokenizer, generation_config = _vocabulary(vocabulary)
+    source = _vocabulary(vocabulary)
+    tokenizer = WhisperTokenizer.from_file(source / "tokenizer.json")
+    generation_config = GenerationConfig.from_dir(source)
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     with torch.device(device):
-        target = WhisperForConditionalGeneration(architecture.config(vocab, architecture.decoder_layers))
-        draft = WhisperDecoder(architecture.config(vocab, architecture.draft_decoder_layers))
+        target = Whisper(WhisperConfig.from_dict(architecture.config(vocab, architecture.decoder_layers).to_dict()))
+        draft = WhisperDecoder(WhisperConfig.from_dict(
+            architecture.config(vocab, architecture.draft_decoder_layers).to_dict()))
     eot = WhisperTokens.of(tokenizer, generation_config).eot
     with torch.no_grad():
         for embedding in (target.model.decoder.embed_tokens, draft.embed_tokens):
             embedding.weight[eot] = 0
     target = target.to(device=device, dtype=dtype).eval()
     draft = draft.to(device=device, dtype=dtype).eval()
-    extractor = WhisperFeatureExtractor(feature_size=architecture.mel_bins)
     checkpoint = WhisperCheckpoint(name=f"random-{name}", model=target, tokenizer=tokenizer,
-                                   feature_extractor=extractor, generation_config=generation_config)
+                                   feature_extractor=LogMel(architecture.mel_bins), generation_config=generation_config)
     return checkpoint, draft, eot
+
+
+def _as_transformers(checkpoint, architecture: Architecture, vocabulary: str) -> WhisperForConditionalGeneration:
+    """The checkpoint's weights (shared, not copied) in transformers' classes, with its generation config."""
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(
+            architecture.config(len(checkpoint.tokenizer), architecture.decoder_layers))
+    model.load_state_dict(checkpoint.model.state_dict(), strict=False, assign=True)
+    model.proj_out.weight = model.model.decoder.embed_tokens.weight
+    model.generation_config = TransformersGenerationConfig.from_pretrained(_vocabulary(vocabulary))
+    return model.eval()
 
 
 def _median_seconds(decode, device: str, repeats: int):
@@ -236,10 +243,10 @@ def _median_seconds(decode, device: str, repeats: int):
     return statistics.median(seconds), result
 
 
-def _transformers_greedy(checkpoint, audio, new_tokens: int):
+def _transformers_greedy(checkpoint, model: WhisperForConditionalGeneration, audio, new_tokens: int):
     """A function running transformers' greedy ``generate`` on the batch (features made once, outside the clock)."""
     features = log_mel(checkpoint, audio)
-    config = copy.deepcopy(checkpoint.generation_config)
+    config = copy.deepcopy(model.generation_config)
     config.max_new_tokens, config.do_sample, config.num_beams = new_tokens, False, 1
 
     @torch.inference_mode()
@@ -247,7 +254,7 @@ def _transformers_greedy(checkpoint, audio, new_tokens: int):
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # generate() warns about its own Whisper defaults per call
         try:
-            return checkpoint.model.generate(features, generation_config=config, language="en", task="transcribe")
+            return model.generate(features, generation_config=config, language="en", task="transcribe")
         finally:
             transformers_logging.set_verbosity(verbosity)
 
@@ -285,7 +292,8 @@ def run_timing(options: TimingOptions = TimingOptions(), on_step=None) -> Timing
 
     transformers_seconds = None
     if options.transformers_greedy:
-        decode = _transformers_greedy(checkpoint, audio, options.new_tokens)
+        model = _as_transformers(checkpoint, ARCHITECTURES[options.architecture], options.vocabulary)
+        decode = _transformers_greedy(checkpoint, model, audio, options.new_tokens)
         decode()  # warm-up
         transformers_seconds, _ = _median_seconds(decode, options.device, options.repeats)
         if on_step:

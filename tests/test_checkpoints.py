@@ -26,6 +26,7 @@ from whisper_spec.whisper.checkpoints import (
     WhisperCheckpoint,
     bundled_models,
     cache_dir,
+    load_transformers_whisper,
     load_whisper,
 )
 from whisper_spec.whisper.ctranslate2 import read_model_bin
@@ -85,10 +86,11 @@ def _converted_dir(name: str) -> Path:
 
 
 def _transcribe(ckpt: WhisperCheckpoint, audio: np.ndarray, **kw) -> str:
-    feats = ckpt.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    """transformers' own generate on the converted checkpoint: the conversion is a valid transformers model."""
+    model = load_transformers_whisper(ckpt.name)
     with torch.inference_mode():
-        ids = ckpt.model.generate(feats.to(ckpt.model.device, ckpt.model.dtype), **kw)
-    return ckpt.tokenizer.batch_decode(ids, skip_special_tokens=True)[0]
+        ids = model.generate(ckpt.feature_extractor([audio]), **kw)
+    return ckpt.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
 
 
 def test_bundled_models():
@@ -107,16 +109,20 @@ def test_config_shapes(loaded, name):
     assert (cfg.num_mel_bins, ckpt.feature_extractor.feature_size) == (80, 80)
     assert (cfg.max_source_positions, cfg.max_target_positions) == (1500, 448)
     assert ckpt.model.dtype == torch.float32 and not ckpt.model.training
-    # Output projection tied to the token embeddings, as in the CT2 alias.
-    assert ckpt.model.proj_out.weight.data_ptr() == ckpt.model.model.decoder.embed_tokens.weight.data_ptr()
+    assert not any(p.requires_grad for p in ckpt.model.parameters())
     assert ckpt.generation_config.is_multilingual is multi
     assert ckpt.name == name
 
 
 def test_special_token_ids(loaded):
+    from transformers import GenerationConfig
+
     base, tiny = loaded["base"], loaded["tiny.en"]
-    g = base.generation_config
+    g = GenerationConfig.from_pretrained(_converted_dir("base"))  # what the converter wrote
     tok = base.tokenizer
+    assert base.generation_config.task_to_id == g.task_to_id and base.generation_config.lang_to_id == g.lang_to_id
+    assert base.generation_config.no_timestamps_token_id == g.no_timestamps_token_id
+    assert list(base.generation_config.suppress_tokens) == g.suppress_tokens
     # Every id comes from the tokenizer; the multilingual vocabulary is shifted by one vs English.
     assert g.task_to_id == {"transcribe": 50359, "translate": 50358}
     assert tok.convert_tokens_to_ids("<|transcribe|>") == 50359
@@ -129,7 +135,8 @@ def test_special_token_ids(loaded):
     # The bundle's tokenizer.json lost the first BPE merge ("Ġ t"); the loader restores it.
     assert tok.encode(" this", add_special_tokens=False) == [341]
 
-    gt, tt = tiny.generation_config, tiny.tokenizer
+    gt, tt = GenerationConfig.from_pretrained(_converted_dir("tiny.en")), tiny.tokenizer
+    assert tiny.generation_config.lang_to_id == {} and not tiny.generation_config.is_multilingual
     assert gt.no_timestamps_token_id == tt.convert_tokens_to_ids("<|notimestamps|>") == 50362
     assert gt.decoder_start_token_id == 50257 and gt.eos_token_id == 50256
     # English-only: no lang_to_id, otherwise transformers would run language detection.
@@ -151,24 +158,26 @@ def test_multilingual_prompt(loaded, clip):
     """language=/task= select the right prompt tokens (French transcription is not English)."""
     audio, ref = clip
     base = loaded["base"]
+    model = load_transformers_whisper("base")
     seen = []
-    orig = base.model._retrieve_init_tokens
+    orig = model._retrieve_init_tokens
 
     def spy(*args, **kwargs):
         out = orig(*args, **kwargs)
         seen.append(out[0].tolist())
         return out
 
-    base.model._retrieve_init_tokens = spy
-    try:
-        hyp = _transcribe(base, audio[: 16000 * 3], language="fr", task="transcribe", max_new_tokens=12)
-    finally:
-        del base.model._retrieve_init_tokens
+    model._retrieve_init_tokens = spy
+    with torch.inference_mode():
+        ids = model.generate(base.feature_extractor([audio[: 16000 * 3]]), language="fr", task="transcribe",
+                             max_new_tokens=12)
     assert seen == [[50258, 50265, 50359, 50363]]  # sot, <|fr|>, <|transcribe|>, <|notimestamps|>
-    assert hyp.strip()
+    assert base.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True).strip()
     # generate() must not mutate the stored config.
-    assert base.generation_config.task == "transcribe"
-    assert getattr(base.generation_config, "language", None) is None
+    assert model.generation_config.task == "transcribe"
+    assert getattr(model.generation_config, "language", None) is None
+    # ours builds the same prompt
+    assert base.tokens.prompt("fr") == [50258, 50265, 50359, 50363]
 
 
 def test_generation_config_round_trip(loaded):
@@ -177,12 +186,13 @@ def test_generation_config_round_trip(loaded):
     for name, ckpt in loaded.items():
         d = _converted_dir(name)
         gen = GenerationConfig.from_pretrained(d)
-        fields = ["no_timestamps_token_id", "is_multilingual", "decoder_start_token_id", "alignment_heads"]
-        fields += ["suppress_tokens", "begin_suppress_tokens", "prev_sot_token_id", "max_length"]
+        ours = ckpt.generation_config
+        assert (gen.no_timestamps_token_id, gen.is_multilingual) == (ours.no_timestamps_token_id, ours.is_multilingual)
+        assert [tuple(h) for h in gen.alignment_heads] == list(ours.alignment_heads)
+        assert (gen.suppress_tokens, gen.begin_suppress_tokens) == (list(ours.suppress_tokens),
+                                                                   list(ours.begin_suppress_tokens))
         if name == "base":
-            fields += ["lang_to_id", "task_to_id"]
-        for f in fields:
-            assert getattr(gen, f) == getattr(ckpt.generation_config, f), f
+            assert (gen.lang_to_id, gen.task_to_id) == (ours.lang_to_id, ours.task_to_id)
         assert gen.max_length == 448
         assert not gen._from_model_config
     # The model's own from_pretrained must not regenerate it from config.json (the fields would vanish).
@@ -215,7 +225,8 @@ def test_cache_layout_and_reuse(loaded):
         checkpoints._MEMO.update(saved)
     assert again is not loaded["tiny.en"]
     assert (_converted_dir("tiny.en") / "model.safetensors").stat().st_mtime_ns == stamp
-    assert torch.equal(again.model.proj_out.weight, loaded["tiny.en"].model.proj_out.weight)
+    assert torch.equal(again.model.model.decoder.embed_tokens.weight,
+                       loaded["tiny.en"].model.model.decoder.embed_tokens.weight)
 
 
 def test_local_directories(loaded):

@@ -3,10 +3,13 @@
 On a CPU a product of a few rows with a weight matrix (a verify pass over k + 1 tokens) runs a GEMM
 kernel that costs several matrix-vector products, and that one extra cost decides whether speculation
 wins at all; oneDNN with the weight reordered once into its blocked layout costs a fraction of MKL's
-GEMM for those few rows (evaluation/results/measurements-behind-the-defaults.md). So one row uses the
-original weight (GEMV) and several rows a oneDNN-packed copy, built once; the copy doubles the weight
-memory, so a draft that runs one token at a time can go without it. On a GPU the plain ``F.linear`` is
-already right and nothing is packed.
+GEMM for those few rows, and less than MKL's GEMV for one row too on the CPUs measured
+(evaluation/results/measurements-behind-the-defaults.md, ``python -m evaluation.projection_kernels``). So
+a packed copy, built once, serves every call, and the original weight is no longer read: when it is
+memory-mapped from a checkpoint its pages are handed back to the kernel (read again from the file only if
+something else, such as word alignment, uses it), so the copy does not double the resident weights.
+Without packing (a draft that runs one token at a time, a CPU without oneDNN) one row is a GEMV and a
+few rows are separate GEMVs. On a GPU the plain ``F.linear`` is already right and nothing is packed.
 
 A draft may also run with int8 weights (``int8=True``, CPU): a one-token step reads its weights once, so
 a quarter of the bytes is most of a quarter of the time (fbgemm's dynamic-quantized linear: per-channel
@@ -22,6 +25,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from whisper_spec.memory import release_pages
 
 _FEW_ROWS = 4  # without packed weights, up to this many rows run as separate GEMVs (cheaper than a GEMM)
 
@@ -69,8 +74,10 @@ class Projection:
         self.quantized = None
         if int8 and can_quantize(first.device, first.dtype):
             self.quantized = _quantized(torch.cat([linear.weight.detach() for linear in self.linears]), self.bias)
+            release_pages([linear.weight for linear in self.linears])
         elif pack and can_pack(first.device, first.dtype):
             self.packed = _packed(torch.cat([linear.weight.detach() for linear in self.linears]))
+            release_pages([linear.weight for linear in self.linears])
         elif len(self.linears) > 1:
             self.weight = torch.cat([linear.weight.detach() for linear in self.linears])
 
@@ -80,7 +87,7 @@ class Projection:
         if self.quantized is not None:
             y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.quantized, True)
             return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
-        if n == 1 or (self.packed is None and x.device.type == "cpu" and n <= _FEW_ROWS):
+        if self.packed is None and (n == 1 or (x.device.type == "cpu" and n <= _FEW_ROWS)):
             return [torch.cat([linear(x[i: i + 1]) for i in range(n)]) if n > 1 else linear(x)
                     for linear in self.linears]
         if self.packed is not None:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from whisper_spec.distill.data import TargetRecord
 from whisper_spec.distill.model import DistilledDecoder, DraftLayers
+from whisper_spec.memory import release_pages
 
 FORMAT = "whisper-spec distilled draft"
 VERSION = 2  # 2: int8 matrices; a donor draft's encoder adapter (linear map + MLP)
@@ -117,6 +118,9 @@ def load_draft(path: str | os.PathLike, target) -> DraftLayers:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - derived:
         raise ValueError(f"{path}: weights do not fit the draft (missing {missing}, unexpected {unexpected})")
+    # the fingerprint and the gathered output rows read the whole target embedding; the target itself reads
+    # it only row by row (its output projection runs on a packed copy)
+    release_pages([weight])
     return model.to(device=weight.device, dtype=weight.dtype).eval()
 
 

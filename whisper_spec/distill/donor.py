@@ -19,16 +19,16 @@ per window (evaluation/results/measurements-behind-the-defaults.md).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from transformers import WhisperConfig
-from transformers.models.whisper.modeling_whisper import WhisperDecoderLayer, WhisperPositionalEmbedding
 
 from whisper_spec.distill.model import DraftLayers
 from whisper_spec.whisper.features import encode_audio
+from whisper_spec.whisper.modeling import WhisperConfig, WhisperDecoderLayer
 
 
 class RestrictedEmbedding(nn.Module):
@@ -92,7 +92,7 @@ class DonorDecoder(DraftLayers):
         """An untrained-shape draft (weights zero or default); see ``from_donor`` for the real start.
 
         Args:
-            donor_config: the donor's transformers ``WhisperConfig`` (or its ``to_dict()``).
+            donor_config: the donor's ``modeling.WhisperConfig`` (or a config dict, transformers' or its own).
             init_layers: which donor layers the draft's layers are (negative counts from the end).
             vocab_ids: [R] long, sorted full-vocabulary (target) ids of the output rows.
             target_dim: the target's encoder width (512 for base).
@@ -101,16 +101,16 @@ class DonorDecoder(DraftLayers):
             adapter_hidden: the width of the encoder adapter's MLP (0: a linear map).
         """
         super().__init__()
-        config = donor_config if isinstance(donor_config, WhisperConfig) else WhisperConfig(**donor_config)
-        self.donor_config = config.to_dict()
+        config = donor_config if isinstance(donor_config, WhisperConfig) else WhisperConfig.from_dict(donor_config)
+        self.donor_config = dataclasses.asdict(config)
         self.donor_name = donor_name
         count = config.decoder_layers
         self.init_layers = tuple(i % count for i in init_layers)
         dim = config.d_model
         self.encoder_map = EncoderAdapter(target_dim, dim, adapter_hidden).requires_grad_(False)
-        self.layers = nn.ModuleList([WhisperDecoderLayer(config, layer_idx=i) for i in range(len(self.init_layers))])
+        self.layers = nn.ModuleList([WhisperDecoderLayer(config) for _ in self.init_layers])
         self.layer_norm = nn.LayerNorm(dim)
-        self.embed_positions = WhisperPositionalEmbedding(config.max_target_positions, dim)
+        self.embed_positions = nn.Embedding(config.max_target_positions, dim)
         self.embed_tokens = RestrictedEmbedding(vocab_ids, target_vocab_size, dim)
         self.register_buffer("vocab_ids", vocab_ids.clone())
         self._set_heads()

@@ -9,8 +9,13 @@
 * a local CTranslate2 directory (``model.bin`` + ``config.json`` + ``tokenizer.json``, what
   faster-whisper users have on disk), converted once into the cache as well;
 * a Hugging Face Hub id (``"openai/whisper-large-v3"``, ``"distil-whisper/distil-large-v3"``) or an
-  OpenAI size name that maps to one (``"large-v3"``, ``"small.en"``), loaded with ``from_pretrained``
-  (needs network access or a populated HF cache).
+  OpenAI size name that maps to one (``"large-v3"``, ``"small.en"``): its config, tokenizer and
+  safetensors are fetched with ``huggingface_hub`` (needs network access or a populated HF cache).
+
+Every kind ends as a transformers-format directory that is read without transformers: the weights are
+memory-mapped into ``modeling.Whisper``, the tokenizer is ``tokenizers``' own (``tokenizer.WhisperTokenizer``)
+and the front end ``features.LogMel``, so loading costs little more than reading the bytes.
+``load_transformers_whisper`` gives the same weights in transformers' classes, for its ``generate``.
 
 Cache writes are atomic: each conversion goes to a temporary sibling directory that is renamed into
 place only when complete, so a crash or a concurrent loader never sees half a checkpoint.
@@ -27,12 +32,15 @@ import os
 import re
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from whisper_spec.atomic import atomic_directory
+from whisper_spec.whisper.features import LogMel
+from whisper_spec.whisper.modeling import Whisper, WhisperConfig
+from whisper_spec.whisper.tokenizer import WhisperTokenizer
 from whisper_spec.whisper.tokens import WhisperTokens
 
 __all__ = [
@@ -43,6 +51,9 @@ __all__ = [
     "bundled_models",
     "resolve_bundle_dir",
     "bundle_ctranslate2_dir",
+    "load_transformers_whisper",
+    "checkpoint_dir",
+    "GenerationConfig",
 ]
 
 # Bump when the conversion output changes, so stale caches are rebuilt instead of reused.
@@ -56,11 +67,11 @@ class WhisperCheckpoint:
 
     Attributes:
         name: the ``name_or_path`` it was loaded from.
-        model: ``WhisperForConditionalGeneration`` in eval mode, on the requested device/dtype.
-        tokenizer: ``WhisperTokenizerFast`` (special-token ids differ between tiny.en and base).
-        feature_extractor: ``WhisperFeatureExtractor``; audio 16 kHz -> ``(batch, num_mel_bins, 3000)``.
-        generation_config: ``GenerationConfig`` (also ``model.generation_config``) with
-            ``lang_to_id``/``task_to_id`` for multilingual models.
+        model: ``modeling.Whisper`` in eval mode, on the requested device/dtype (transformers' layout:
+            ``model.model.encoder``, ``model.model.decoder``).
+        tokenizer: ``tokenizer.WhisperTokenizer`` (special-token ids differ between tiny.en and base).
+        feature_extractor: ``features.LogMel``; audio 16 kHz -> ``(batch, num_mel_bins, 3000)``.
+        generation_config: :class:`GenerationConfig` with ``lang_to_id``/``task_to_id`` for multilingual models.
     """
 
     name: str
@@ -279,26 +290,65 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _load_from(source: str | Path, device, dtype, *, local_only: bool):
-    """from_pretrained of model, tokenizer, feature extractor and generation config."""
-    from transformers import (
-        GenerationConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperTokenizerFast,
-    )
+@dataclass(frozen=True)
+class GenerationConfig:
+    """The decoding facts of a checkpoint's ``generation_config.json`` that greedy Whisper decoding needs."""
 
-    kw = {"local_files_only": True} if local_only else {}
-    model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kw)
-    model = model.to(device).eval()
-    tokenizer = WhisperTokenizerFast.from_pretrained(source, **kw)
-    feature_extractor = WhisperFeatureExtractor.from_pretrained(source, **kw)
-    try:
-        generation_config = GenerationConfig.from_pretrained(source, **kw)
-    except OSError:  # checkpoint without generation_config.json: keep the one derived by the model
-        generation_config = model.generation_config
-    model.generation_config = generation_config
-    return model, tokenizer, feature_extractor, generation_config
+    is_multilingual: bool = False
+    lang_to_id: dict[str, int] = field(default_factory=dict)  # "<|en|>" -> its id
+    task_to_id: dict[str, int] = field(default_factory=dict)  # "transcribe" -> its id
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
+    max_initial_timestamp_index: int | None = 50
+    alignment_heads: tuple[tuple[int, int], ...] = ()  # (layer, head) pairs that track time
+    no_timestamps_token_id: int | None = None
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> GenerationConfig:
+        """From ``generation_config.json``, or from the fields older checkpoints keep in ``config.json``."""
+        path = model_dir / "generation_config.json"
+        raw = json.loads((path if path.is_file() else model_dir / "config.json").read_text(encoding="utf-8"))
+        return cls(
+            is_multilingual=bool(raw.get("is_multilingual", False)), lang_to_id=dict(raw.get("lang_to_id") or {}),
+            task_to_id=dict(raw.get("task_to_id") or {}), suppress_tokens=tuple(raw.get("suppress_tokens") or ()),
+            begin_suppress_tokens=tuple(raw.get("begin_suppress_tokens") or ()),
+            max_initial_timestamp_index=raw.get("max_initial_timestamp_index", 50),
+            alignment_heads=tuple(tuple(h) for h in raw.get("alignment_heads") or ()),
+            no_timestamps_token_id=raw.get("no_timestamps_token_id"))
+
+
+def _state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of a transformers checkpoint directory, memory-mapped (safetensors: one file or shards)."""
+    from safetensors.torch import load_file
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(model_dir / shard).items()}
+    if (model_dir / "model.safetensors").is_file():
+        return load_file(model_dir / "model.safetensors")
+    if (model_dir / "pytorch_model.bin").is_file():
+        return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", mmap=True, weights_only=True)
+    raise ValueError(f"{model_dir} holds no model.safetensors, safetensors index or pytorch_model.bin")
+
+
+def _load_dir(model_dir: Path, device: torch.device, dtype: torch.dtype):
+    """Model, tokenizer, log-mel front end and generation config of a transformers checkpoint directory,
+    without transformers: the weights are memory-mapped and become the modules' parameters as they are
+    (cast only when ``dtype`` or ``device`` asks for it)."""
+    config = WhisperConfig.from_json(model_dir / "config.json")
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ValueError(f"{model_dir} has no tokenizer.json (every Whisper checkpoint on the hub has one)")
+    model = Whisper.from_state_dict(config, _state_dict(model_dir)).to(device=device, dtype=dtype)
+    return (model, WhisperTokenizer.from_file(model_dir / "tokenizer.json"), LogMel(config.num_mel_bins),
+            GenerationConfig.from_dir(model_dir))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A local snapshot of a hub checkpoint's config, tokenizer and safetensors (the HF cache when it has them)."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
 
 
 def _resolve(name_or_path: str) -> tuple[str, str | Path]:
@@ -324,6 +374,38 @@ def _resolve(name_or_path: str) -> tuple[str, str | Path]:
             f"CTranslate2 directory, a bundled name ({', '.join(bundled_models())}) or a hub id"
         )
     return "hub", _HUB_ALIASES.get(name_or_path, name_or_path)
+
+
+def _model_dir(kind: str, source: str | Path) -> Path:
+    """The transformers-format directory of a resolved name: converted once for bundles and CTranslate2
+    directories, downloaded for hub ids."""
+    if kind == "bundle":
+        return _converted_bundle(str(source))
+    if kind == "ct2_dir":
+        return _converted_local_ct2(Path(source))
+    if kind == "hf_dir":
+        return Path(source)
+    return _hub_snapshot(str(source))
+
+
+def checkpoint_dir(name_or_path: str) -> Path:
+    """The transformers-format directory ``load_whisper(name_or_path)`` reads (converting or fetching it once)."""
+    return _model_dir(*_resolve(str(name_or_path)))
+
+
+def load_transformers_whisper(name_or_path: str, device: str | torch.device = "cpu",
+                              dtype: torch.dtype = torch.float32):
+    """The same checkpoint as ``load_whisper(name_or_path)`` in transformers' classes:
+    ``WhisperForConditionalGeneration`` with its ``GenerationConfig``, eval mode, for running transformers'
+    own ``generate`` (the reference of the parity tests and the transformers peer of the evaluation)."""
+    from transformers import GenerationConfig as TransformersGenerationConfig
+    from transformers import WhisperForConditionalGeneration
+
+    model_dir = checkpoint_dir(name_or_path)
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    if (model_dir / "generation_config.json").is_file():
+        model.generation_config = TransformersGenerationConfig.from_pretrained(model_dir)
+    return model
 
 
 def _dtype_key(dtype) -> str:
@@ -364,16 +446,8 @@ def load_whisper(
         hit = _MEMO.get(memo_key)
         if hit is not None:
             return hit
-        if kind == "bundle":
-            model_dir, local_only = _converted_bundle(str(source)), True
-        elif kind == "ct2_dir":
-            model_dir, local_only = _converted_local_ct2(Path(source)), True
-        elif kind == "hf_dir":
-            model_dir, local_only = source, True
-        else:
-            model_dir, local_only = source, False
         try:
-            model, tokenizer, fe, gen = _load_from(model_dir, device, dtype, local_only=local_only)
+            model_dir = _model_dir(kind, source)
         except OSError as exc:
             if kind != "hub":
                 raise
@@ -383,6 +457,7 @@ def load_whisper(
                 f"Without network access use a bundled model ({', '.join(bundled_models())}) "
                 f"or a local checkpoint directory."
             ) from exc
+        model, tokenizer, fe, gen = _load_dir(model_dir, device, dtype)
         ckpt = WhisperCheckpoint(
             name=name_or_path, model=model, tokenizer=tokenizer, feature_extractor=fe, generation_config=gen
         )

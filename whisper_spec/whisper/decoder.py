@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from whisper_spec.cuda_graphs import StepGraphs
 from whisper_spec.projection import Projection, can_quantize
+from whisper_spec.whisper.modeling import Linear
 
 # the longest pass run as a fixed-shape step (longer ones, such as a long previous-text prompt, run as
 # they are): one CUDA graph per (tokens, outputs) shape up to this
@@ -52,8 +53,8 @@ class CachedWhisperDecoder(nn.Module):
         self.layers = nn.ModuleList([decoder.layers[i] for i in chosen])
         self.layer_norm = decoder.layer_norm
         self.output_weight = self.embed_tokens.weight if output_weight is None else output_weight
-        head = nn.Linear(self.output_weight.shape[1], self.output_weight.shape[0], bias=False,
-                         device=self.output_weight.device, dtype=self.output_weight.dtype)
+        with torch.device("meta"):  # no random initialisation: the weight is the output weight itself
+            head = Linear(self.output_weight.shape[1], self.output_weight.shape[0], bias=False)
         head.weight = nn.Parameter(self.output_weight.detach(), requires_grad=False)  # shared, not copied
         self._head = Projection([head], int8=int8)
         self._qkv = [Projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj], int8=int8)

@@ -32,10 +32,10 @@ from whisper_spec.whisper.engine import (
     WindowRequest,
     WindowSlots,
 )
+from whisper_spec.whisper.features import HOP_LENGTH  # seek positions count mel frames, as in Whisper
 from whisper_spec.whisper.timestamps import TIME_PRECISION
 from whisper_spec.whisper.word_timestamps import align_words, tidy_words
 
-HOP_LENGTH = 160  # samples per mel frame (10 ms): seek positions are counted in frames, as in Whisper
 WINDOW_FRAMES = 3000  # 30 s
 FRAMES_PER_TIMESTAMP = 2  # one timestamp step (20 ms) is two mel frames
 MAX_NEW_TOKENS = 224  # Whisper's sample_len: half the decoder's 448 positions per window

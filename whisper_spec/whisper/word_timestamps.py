@@ -127,7 +127,7 @@ def align_words(checkpoint, encoder_output: Tensor, prefix: Sequence[int], text_
     tokens = torch.tensor([[*prefix, *text_tokens, eot]], device=encoder_output.device)
     hidden = encoder_output[None].to(decoder.embed_tokens.weight.dtype)
     try:
-        last = decoder(input_ids=tokens, encoder_hidden_states=hidden).last_hidden_state[0]
+        last = decoder(tokens, hidden)[0]
     finally:
         for hook in hooks:
             hook.remove()
