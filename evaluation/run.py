@@ -47,6 +47,7 @@ from evaluation.peers import (
 )
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.core.stats import synchronize
+from whisper_spec.distill.checkpoint import WrongTargetError
 from whisper_spec.model import WhisperModel, compute_dtype
 
 ENGINES = ("ours", "transformers", "faster-whisper")
@@ -405,7 +406,7 @@ def run_evaluation(
                 runner = _FasterWhisperRunner(configuration, options)
             else:
                 runner = _PeerRunner(configuration, options)
-        except UnsupportedPairError as error:
+        except (UnsupportedPairError, WrongTargetError) as error:  # a pair that cannot run: reported, not faked
             statuses.append(ConfigurationStatus(configuration, False, str(error), compute_type))
             continue
         runners[configuration.name] = runner
