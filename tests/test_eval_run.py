@@ -306,7 +306,8 @@ def test_longform_option_adds_long_recordings_seen_and_unseen_by_the_draft(tmp_p
 
     if not ALLISON_DIR.is_dir():
         pytest.skip("needs the Debian package asterisk-core-sounds-en-wav")
-    args = build_parser().parse_args(["eval", "--longform", "--out", str(tmp_path)])
+    args = build_parser().parse_args(["eval", "--longform", "--out", str(tmp_path / "report"),
+                                      "--audio-dir", str(tmp_path / "audio")])
     entries, names = _entries(args)
     assert len(names) == 1 and "long-form" in names[0]  # --longform alone: no short clips added
     by_source: dict[str, list] = {}
@@ -315,4 +316,5 @@ def test_longform_option_adds_long_recordings_seen_and_unseen_by_the_draft(tmp_p
     assert set(by_source) == {"longform:allison", "longform:tts"}
     assert len(by_source["longform:tts"]) == 2 and len(by_source["longform:allison"]) >= 1
     assert all(audio_duration(entry.audio) > 30 for entry in entries)
+    assert all(entry.audio.is_relative_to(tmp_path / "audio") for entry in entries)  # none in the report's folder
     assert {draft_exposure(source) for source in by_source} == {EXPOSURE_GROUPS[0], EXPOSURE_GROUPS[1]}

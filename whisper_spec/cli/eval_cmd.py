@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
                            f"Allison's first {LONGFORM_ALLISON} prompts joined into recordings of about "
                            f"{LONGFORM_ALLISON_SECONDS:.0f} s, and hibari-tts reading two passages of Sense and "
                            f"Sensibility (about 70 s each; needs hibari-tts)")
+    data.add_argument("--audio-dir", default=None, metavar="DIR",
+                      help="folder for the audio --longform, --tts-texts and --librispeech build, kept out of the "
+                           "report's folder (default: eval-audio in whisper_spec's cache, ~/.cache/whisper_spec)")
     data.add_argument("--limit", type=int, default=None, metavar="N",
                       help="keep only the first N files of all the data selected (long recordings come last)")
     parser.add_argument("--config", action="append", default=None, metavar="ENGINE:TARGET[@COMPUTE_TYPE][+DRAFT]",
@@ -102,7 +105,9 @@ def _entries(args):
         tts_longform_manifest,
         tts_manifest,
     )
+    from whisper_spec.whisper.checkpoints import cache_dir
 
+    audio_dir = Path(args.audio_dir) if args.audio_dir else cache_dir() / "eval-audio"
     names, entries = [], []
     allison = args.allison
     if not (args.manifest or args.librivox or allison or args.librispeech or args.tts_texts or args.longform):
@@ -115,19 +120,19 @@ def _entries(args):
         entries += chosen
         names.append(f"Allison prompts (asterisk-core-sounds-en, first {len(chosen)})")
     if args.librispeech:
-        entries += huggingface_manifest(out_dir=Path(args.out) / "librispeech", limit=args.librispeech)
+        entries += huggingface_manifest(out_dir=audio_dir / "librispeech", limit=args.librispeech)
         names.append(f"LibriSpeech test-clean (first {args.librispeech})")
     if args.tts_texts:
         texts = [line.strip() for line in Path(args.tts_texts).read_text(encoding="utf-8").splitlines() if line.strip()]
-        entries += tts_manifest(texts, Path(args.out) / "tts")
+        entries += tts_manifest(texts, audio_dir / "tts")
         names.append(f"hibari-tts speech of {args.tts_texts} ({len(texts)} lines)")
     for path in args.manifest:
         entries += read_manifest(path)
         names.append(str(path))
     if args.longform:
-        joined = longform_manifest(allison_manifest(limit=LONGFORM_ALLISON), Path(args.out) / "longform" / "allison",
+        joined = longform_manifest(allison_manifest(limit=LONGFORM_ALLISON), audio_dir / "longform" / "allison",
                                    target_seconds=LONGFORM_ALLISON_SECONDS)
-        spoken = tts_longform_manifest(Path(args.out) / "longform" / "tts")
+        spoken = tts_longform_manifest(audio_dir / "longform" / "tts")
         entries += joined + spoken
         names.append(f"long-form: Allison's first {LONGFORM_ALLISON} prompts joined ({len(joined)} recordings), "
                      f"hibari-tts reading Sense and Sensibility ({len(spoken)} passages)")
