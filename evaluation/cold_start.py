@@ -32,22 +32,25 @@ segments, _ = model.transcribe(sys.argv[1], beam_size=1, language="en")
 print(" ".join(s.text.strip() for s in segments))
 """
 
-# Stages of our cold start, each timed once inside one fresh process; printed as name=seconds lines.
+# Stages of our cold start, each timed once inside one fresh process; printed as name=seconds,resident MB lines
+# (resident memory after the stage, /proc/self/status VmRSS: memory-mapped weights count once they are read).
 _BREAKDOWN = """
 import sys, time
+def resident():
+    return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
 t0 = time.perf_counter()
 from whisper_spec.model import WhisperModel
 from whisper_spec.audio import load_audio
 from whisper_spec.whisper.checkpoints import load_whisper
-t1 = time.perf_counter(); print(f"import={t1 - t0}")
+t1 = time.perf_counter(); print(f"import={t1 - t0},{resident()}")
 load_whisper("base")
-t2 = time.perf_counter(); print(f"load target={t2 - t1}")
+t2 = time.perf_counter(); print(f"load target (base)={t2 - t1},{resident()}")
 model = WhisperModel("base")
-t3 = time.perf_counter(); print(f"load draft and engine={t3 - t2}")
+t3 = time.perf_counter(); print(f"load draft (base-distilled) and engine={t3 - t2},{resident()}")
 samples = load_audio(sys.argv[1])
-t4 = time.perf_counter(); print(f"first audio decode={t4 - t3}")
+t4 = time.perf_counter(); print(f"first audio decode={t4 - t3},{resident()}")
 model.transcribe(samples)
-t5 = time.perf_counter(); print(f"decode={t5 - t4}")
+t5 = time.perf_counter(); print(f"transcribe={t5 - t4},{resident()}")
 """
 
 
@@ -127,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"{statistics.median(r.peak_mb for r in runs):.0f} MB |")
         print("breakdown run", file=sys.stderr, flush=True)
         stages = run_fresh([sys.executable, "-c", _BREAKDOWN, str(clip)])
-        lines += ["", "Breakdown of ours (defaults), one fresh process:", "", "| stage | seconds |", "|---|---:|"]
+        lines += ["", "Breakdown of ours (defaults), one fresh process (`WhisperModel(\"base\")` is the two "
+                  "load stages):", "", "| stage | seconds | resident after | added |", "|---|---:|---:|---:|"]
+        previous = 0.0
         for line in stages.stdout.splitlines():
-            name, _, value = line.partition("=")
-            lines.append(f"| {name} | {float(value):.2f} |")
+            name, _, values = line.partition("=")
+            seconds, resident = (float(v) for v in values.split(","))
+            lines.append(f"| {name} | {seconds:.2f} | {resident:.0f} MB | {resident - previous:+.0f} MB |")
+            previous = resident
     table = "\n".join(lines) + "\n"
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,3 +26,32 @@ def test_unknown_compute_type_names_the_choices(name):
 def test_float16_off_cuda_is_refused():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         compute_dtype("float16", "cpu")
+
+
+@pytest.fixture(scope="module")
+def librivox_clips():
+    from conftest import LIBRIVOX
+
+    from whisper_spec.audio import load_audio
+
+    return [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))[:3]]
+
+
+def test_bfloat16_speculation_is_bfloat16_greedy(librivox_clips):
+    """At bfloat16 the shipped draft (distilled for float32 base) still fits its target, and speculative
+    tokens equal bfloat16 greedy tokens on real speech, file by file and batched."""
+    from whisper_spec.model import WhisperModel
+
+    speculative = WhisperModel("base", compute_type="bfloat16")
+    greedy = speculative.with_draft(None)
+    assert speculative.engine.target.model.dtype == torch.bfloat16 and speculative.draft is not None
+    for clip in librivox_clips:
+        ours = speculative.transcribe(clip)
+        assert [s.tokens for s in ours.segments] == [s.tokens for s in greedy.transcribe(clip).segments]
+        assert len(ours.text.split()) > 3
+    def batched(model):
+        done = {p.key: p.transcription for p in model.transcribe_files(list(enumerate(librivox_clips)), batch_size=3)
+                if p.transcription is not None}
+        return [[s.tokens for s in done[i].segments] for i in range(len(librivox_clips))]
+
+    assert batched(speculative) == batched(greedy)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 from torch import Tensor
 
-__all__ = ["release_pages"]
+__all__ = ["release_pages", "trim_heap"]
 
 _MADV_DONTNEED = 4
 
@@ -75,3 +75,14 @@ def release_pages(tensors: Iterable[Tensor]) -> None:
         i = bisect.bisect_right(spans, (start, float("inf"))) - 1
         if i >= 0 and spans[i][0] <= start and end <= spans[i][1] and _unmodified(start, end):
             _madvise()(start, end - start, _MADV_DONTNEED)
+
+
+def trim_heap() -> None:
+    """Return the heap's free memory to the kernel (glibc ``malloc_trim``): loading builds and frees large
+    temporaries (fused and packed weights) that the allocator would otherwise keep resident. A no-op
+    elsewhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # another C library (musl): nothing to trim
+            pass

@@ -28,6 +28,8 @@ from torch import Tensor
 from whisper_spec.audio import AudioLoadError, load_audio
 from whisper_spec.core.loop import DecodeOptions, speculative_decode
 from whisper_spec.core.model_roles import ModelVerifier
+from whisper_spec.memory import release_pages
+from whisper_spec.whisper.checkpoints import load_whisper
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.features import WINDOW_SECONDS, encode_audio
 from whisper_spec.whisper.language import detect_language
@@ -49,11 +51,17 @@ class TargetRecord:
     @classmethod
     def of(cls, checkpoint) -> TargetRecord:
         decoder = checkpoint.model.model.decoder
+        if decoder.embed_tokens.weight.dtype == torch.bfloat16:
+            # bfloat16 has rounded the weights to values float16 does not give: hash the checkpoint's own
+            # float32 weights (memory-mapped, so little is read), and a draft fits its target at every type
+            decoder = load_whisper(checkpoint.name).model.model.decoder
         digest = hashlib.sha256()
+        hashed = (decoder.embed_tokens.weight, decoder.layer_norm.weight, decoder.layer_norm.bias,
+                  decoder.layers[-1].fc2.weight)
         # float16 bytes: the same target loaded in float32 on a CPU or float16 on a GPU hashes alike
-        for tensor in (decoder.embed_tokens.weight, decoder.layer_norm.weight, decoder.layer_norm.bias,
-                       decoder.layers[-1].fc2.weight):
+        for tensor in hashed:
             digest.update(tensor.detach().to("cpu", torch.float16).numpy().tobytes())
+        release_pages(hashed)
         weight = decoder.embed_tokens.weight
         return cls(checkpoint.name, digest.hexdigest()[:16], weight.shape[1], weight.shape[0], len(decoder.layers))
 

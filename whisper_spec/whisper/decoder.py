@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from whisper_spec.cuda_graphs import StepGraphs
+from whisper_spec.memory import trim_heap
 from whisper_spec.projection import Projection, can_quantize
 from whisper_spec.whisper.modeling import Linear
 
@@ -80,6 +81,7 @@ class CachedWhisperDecoder(nn.Module):
         # for it: what a feature-level draft predicts from (see ``distill.model``)
         self.hidden_states: Tensor | None = None
         self._steps = StepGraphs(capture=self.device.type == "cuda") if static_steps else None
+        trim_heap()  # packing fused and freed copies of every weight: hand the freed memory back
 
     @property
     def device(self) -> torch.device:
