@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from whisper_spec.compute_types import COMPUTE_TYPES
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.generation import DEFAULT_DRAFTS, Generation, generate
 from whisper_spec.model import WhisperModel
@@ -414,9 +415,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-model", default=DemoConfig.default_text_model, choices=bundled_text_models(),
                         help="The text LLM selected when the text tab opens (loaded on its first use).")
     parser.add_argument("--device", default="cpu", help="Where the models run: cpu or cuda.")
-    parser.add_argument("--compute-type", default="default", choices=("default", "float32", "bfloat16", "float16"),
+    parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
                         help="Precision of the models: float16 on CUDA, float32 elsewhere by default; bfloat16 where "
-                             "the CPU supports it; float16 only on CUDA.")
+                             "the CPU supports it; float16 only on CUDA; int8 (CPU): int8 weights in every linear "
+                             "map of the target.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
     parser.add_argument("--no-warm-up", action="store_true", help="Load models on the first request, not at start.")
     args = parser.parse_args(argv)

@@ -46,9 +46,10 @@ from evaluation.peers import (
     is_longform,
 )
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from whisper_spec.compute_types import compute_dtype, resolve_compute_type
 from whisper_spec.core.stats import synchronize
 from whisper_spec.distill.checkpoint import WrongTargetError
-from whisper_spec.model import WhisperModel, compute_dtype
+from whisper_spec.model import WhisperModel
 
 ENGINES = ("ours", "transformers", "faster-whisper")
 # the offline pairs: the baseline, our draft kinds (the shipped distilled one first), and both transformers peers
@@ -88,8 +89,7 @@ class Configuration:
         """The compute type this configuration runs at, by name ("default" resolved for the device)."""
         if self.engine == "faster-whisper":
             return self.compute_type or FASTER_WHISPER_COMPUTE_TYPE
-        name = self.compute_type or options.compute_type
-        return str(compute_dtype(name, options.device)).removeprefix("torch.")
+        return resolve_compute_type(self.compute_type or options.compute_type, options.device).name
 
     @classmethod
     def parse(cls, spec: str) -> Configuration:
@@ -118,7 +118,7 @@ class EvalOptions:
     warmup: bool = True  # one untimed call per configuration before timing
     device: str = "cpu"
     # ours and transformers, where a configuration names none: faster-whisper's names ("default": float16
-    # on CUDA, float32 on CPU; "float32", "bfloat16", "float16"), see whisper_spec.model.compute_dtype
+    # on CUDA, float32 on CPU; "float32", "bfloat16", "float16", "int8"), see whisper_spec.compute_types
     compute_type: str = "default"
     threads: int | None = None  # faster-whisper's cpu_threads (None: torch's thread count)
     measure_memory: bool = True  # probe peak memory in one more, untimed call per (file, configuration)
@@ -257,8 +257,11 @@ class _OursRunner:
 
 class _PeerRunner:
     def __init__(self, configuration: Configuration, options: EvalOptions):
+        compute_type = resolve_compute_type(configuration.resolved_compute_type(options), options.device)
+        if compute_type.int8:
+            raise UnsupportedPairError(f"{configuration.name}: transformers' Whisper has no int8 compute type")
         self.peer = TransformersPeer(configuration.target, configuration.draft, device=options.device,
-                                     dtype=compute_dtype(configuration.resolved_compute_type(options), options.device),
+                                     dtype=compute_type.dtype,
                                      draft_length=options.draft_length or 6)
         self.models = self.peer.models
 

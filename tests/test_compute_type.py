@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from whisper_spec.model import compute_dtype
+from whisper_spec.compute_types import compute_dtype
 
 
 @pytest.mark.parametrize(("name", "dtype"), [("float32", torch.float32), ("bfloat16", torch.bfloat16),
-                                             ("default", torch.float32)])
+                                             ("default", torch.float32), ("int8", torch.float32)])
 def test_cpu_compute_types(name, dtype):
     assert compute_dtype(name, "cpu") == dtype
 
@@ -55,3 +55,39 @@ def test_bfloat16_speculation_is_bfloat16_greedy(librivox_clips):
         return [[s.tokens for s in done[i].segments] for i in range(len(librivox_clips))]
 
     assert batched(speculative) == batched(greedy)
+
+
+def _tokens(transcription):
+    return [s.tokens for s in transcription.segments]
+
+
+def test_int8_speculation_is_int8_greedy(librivox_clips, tmp_path):
+    """At int8 (base's encoder on int8 weights) speculative tokens equal int8 greedy tokens on real speech:
+    file by file, batched, and over two minutes through the long-form path; the int8 transcripts stay
+    close to float32's."""
+    from evaluation.manifests import allison_manifest, longform_manifest
+    from evaluation.metrics import wer
+    from whisper_spec.model import WhisperModel
+
+    speculative = WhisperModel("base", compute_type="int8")
+    greedy = speculative.with_draft(None)
+    assert speculative.compute_type.int8 and speculative.draft is not None
+    float32 = WhisperModel("base", None, compute_type="float32")
+    references, hypotheses = [], []
+    for clip in librivox_clips:
+        ours = speculative.transcribe(clip)
+        assert _tokens(ours) == _tokens(greedy.transcribe(clip))
+        references.append(float32.transcribe(clip).text)
+        hypotheses.append(ours.text)
+    assert wer(references, hypotheses) < 0.1
+
+    def batched(model):
+        done = {p.key: p.transcription for p in model.transcribe_files(list(enumerate(librivox_clips)), batch_size=3)
+                if p.transcription is not None}
+        return [_tokens(done[i]) for i in range(len(librivox_clips))]
+
+    assert batched(speculative) == batched(greedy)
+    long = longform_manifest(allison_manifest(limit=60), tmp_path, target_seconds=120.0)[0]
+    ours = speculative.transcribe(long.audio)
+    assert ours.audio_seconds > 100 and len(ours.segments) > 4
+    assert _tokens(ours) == _tokens(greedy.transcribe(long.audio))

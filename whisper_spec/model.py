@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
+from whisper_spec.compute_types import resolve_compute_type
 from whisper_spec.draft_specs import resolve_draft
 from whisper_spec.presets import DEFAULT, resolve_models
 from whisper_spec.transcription import SegmentStream, TranscribeOptions, Transcription
@@ -40,32 +41,6 @@ class FileProgress:
     transcription: Transcription | None  # the whole result, once the file is finished
 
 
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """float16 on CUDA, float32 elsewhere."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-
-
-COMPUTE_TYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def compute_dtype(compute_type: str, device: str | torch.device) -> torch.dtype:
-    """The torch dtype a faster-whisper style ``compute_type`` names on ``device``.
-
-    ``"default"`` is float16 on CUDA and float32 elsewhere; float16 runs only on CUDA (CPU half-precision
-    matmuls are slow and not what faster-whisper offers there).
-
-    Raises:
-        ValueError: an unknown compute type, or float16 off CUDA.
-    """
-    if compute_type == "default":
-        return default_dtype(device)
-    if compute_type not in COMPUTE_TYPES:
-        raise ValueError(f"unknown compute type {compute_type!r}: choose default, {', '.join(COMPUTE_TYPES)}")
-    if compute_type == "float16" and torch.device(device).type != "cuda":
-        raise ValueError("compute type float16 needs a CUDA device; use float32 or bfloat16 on the CPU")
-    return COMPUTE_TYPES[compute_type]
-
-
 class WhisperModel:
     """A target Whisper with an optional draft; ``draft=None`` is the target alone (the baseline)."""
 
@@ -82,16 +57,20 @@ class WhisperModel:
             preset: a named target/draft pair from ``whisper_spec.presets.PRESETS``.
             device: where to run.
             compute_type: the precision, named as faster-whisper names it: ``"default"`` (float16 on CUDA,
-                float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only).
+                float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only), ``"int8"``
+                (CPU: int8 weights in every linear map of the target, float32 activations). Speculative
+                output equals the same compute type's greedy output.
             dtype: a torch dtype instead of ``compute_type``, for callers not yet moved to it.
             cuda_graphs: on CUDA, decoding steps of up to 16 tokens run as fixed-shape steps replayed as
                 CUDA graphs (``CachedWhisperDecoder``'s ``static_steps``); ignored elsewhere.
         """
         self.target, self.draft = resolve_models(preset, target, draft)
         self.device = device
-        self.dtype = dtype or compute_dtype(compute_type, device)
+        self.compute_type = resolve_compute_type(compute_type, device)
+        self.dtype = dtype or self.compute_type.dtype
         self.static_steps = cuda_graphs and torch.device(device).type == "cuda"
-        checkpoint = load_whisper(self.target, device=device, dtype=self.dtype)
+        checkpoint = load_whisper(self.target, device=device, dtype=self.dtype,
+                                  int8=self.compute_type.int8 and dtype is None)
         self.engine = SpeculativeWhisper(checkpoint, static_steps=self.static_steps)
         if self.draft is not None:
             self.engine = self.engine.with_draft(self._draft(self.draft))

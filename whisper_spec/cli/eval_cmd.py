@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from whisper_spec.cli import VERBS
+from whisper_spec.compute_types import COMPUTE_TYPES
 
-COMPUTE_TYPES = ("default", "float32", "bfloat16", "float16")  # whisper_spec.model.compute_dtype's names
 LONGFORM_ALLISON = 30  # the Allison prompts the shipped draft's training held out, joined for --longform
 LONGFORM_ALLISON_SECONDS = 90.0  # about how long each joined recording is
 DEFAULT_ALLISON = 60  # Allison prompts in the default set: with LibriVox, about 8 of the 15 minutes on 2 CPU cores
@@ -62,10 +62,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--fixed-draft-length", action="store_true",
                         help="always draft --draft-length tokens (ours) instead of adapting it to acceptance")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
-    parser.add_argument("--compute-type", choices=COMPUTE_TYPES, default="default",
+    parser.add_argument("--compute-type", choices=("default", *COMPUTE_TYPES), default="default",
                         help="precision of ours and transformers where a configuration names none, as "
                              "faster-whisper names it (default: float16 on CUDA, float32 on CPU; float16 only on "
-                             "CUDA); also the timing mode's")
+                             "CUDA; int8, CPU: int8 weights in every linear map of our target, which transformers "
+                             "cannot run); also the timing mode's")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, and faster-whisper's cpu_threads (default: torch's choice)")
     parser.add_argument("--cuda-graphs", action="store_true",
@@ -143,7 +144,7 @@ def _entries(args):
 
 def _timing_options(args):
     from evaluation.gpu_timing import TimingOptions
-    from whisper_spec.model import compute_dtype
+    from whisper_spec.compute_types import compute_dtype
 
     try:
         probabilities = tuple(float(p) for p in args.timing_probabilities.split(",") if p.strip())

@@ -8,6 +8,7 @@ import sys
 import threading
 
 from whisper_spec.cli import VERBS
+from whisper_spec.compute_types import COMPUTE_TYPES
 from whisper_spec.presets import DEFAULT, PRESETS
 
 
@@ -29,9 +30,10 @@ def add_parser(subparsers) -> None:
                         help="the draft (as for `whisper-spec transcribe`); 'default' takes the preset's")
     parser.add_argument("--no-speculative", action="store_true", help="serve the target alone (the baseline)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--compute-type", default="default", choices=("default", "float32", "bfloat16", "float16"),
+    parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
                         help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
-                             "float32 on CPU; float16 only on CUDA)")
+                             "float32 on CPU; float16 only on CUDA; int8: int8 weights in every linear map of "
+                             "the target, CPU only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for decoding (default: torch's choice, one per core)")
     parser.add_argument("--max-batch", type=int, default=4,

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from whisper_spec.audio import AudioLoadError, audio_duration, load_audio
 from whisper_spec.cli import VERBS
+from whisper_spec.compute_types import COMPUTE_TYPES
 from whisper_spec.core.stats import SpeculationStats
 from whisper_spec.jobs import Failure, Job, find_jobs, print_summary
-from whisper_spec.model import COMPUTE_TYPES, WhisperModel
+from whisper_spec.model import WhisperModel
 from whisper_spec.output_formats import FORMATS, output_paths, write_outputs
 from whisper_spec.presets import DEFAULT, PRESETS, resolve_models
 from whisper_spec.transcription import TranscribeOptions, Transcription
@@ -55,7 +56,8 @@ def add_parser(subparsers) -> None:
                         help="torch device to run on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
                         help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
-                             "float32 on CPU; bfloat16 where the CPU supports it; float16 only on CUDA)")
+                             "float32 on CPU; bfloat16 where the CPU supports it; float16 only on CUDA; int8: "
+                             "int8 weights in every linear map of the target, CPU only)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="on a CUDA device, replay decoding steps of target and draft as CUDA graphs (large "
                              "models at small batches are launch-bound); ignored on a CPU")

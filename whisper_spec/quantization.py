@@ -1,0 +1,128 @@
+"""Linear maps on int8 weights: the encoder of a target at the int8 compute type.
+
+As in faster-whisper's int8 (CTranslate2), each weight row (output channel) has its own scale, each
+input row (a frame or token) is quantized with its own scale when the map is called, the products are
+summed in integers and the sum is rescaled to float32. Per-row activation scales keep a row with large
+values from coarsening every other row's (fbgemm's dynamic linear, which drafts use for its speed at one
+row, see ``whisper_spec.projection``, takes one scale per call), and since int8 products summed in int32
+are exact and every later step is elementwise, a row's output is the same bits whatever rows share the
+call and however the kernel blocks the product.
+
+The kernel is oneDNN's u8 x s8 -> s32 product on a weight packed once (activations shifted by 128).
+Exact sums need int8 instructions that do not saturate: VNNI and AMX accumulate into int32; AVX2 alone
+adds pairs of products in saturating int16, so there weights keep 7 bits, which no pair can overflow.
+``weight_bits()`` finds out which holds, once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from whisper_spec.memory import release_pages
+
+_SHIFT = 128  # activations are stored as uint8 = q + 128 (oneDNN's fast path is u8 x s8)
+_TINY = 1e-30  # scale floor: an all-zero row quantizes to zeros instead of dividing by zero
+
+
+def can_run(device: torch.device | str) -> bool:
+    """Whether int8 maps run on ``device`` (a CPU with oneDNN's quantized linear)."""
+    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.onednn, "qlinear_pointwise"))
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """A weight [N, K] as int8 values q and per-row scales s (w ~ q * s[:, None]), packed for oneDNN."""
+
+    packed: Tensor  # opaque oneDNN layout of q
+    scale: Tensor  # [N] float32
+    bias: Tensor | None  # [N] float32
+    zero_points: Tensor  # [N] long zeros (oneDNN wants them)
+
+    @property
+    def out_features(self) -> int:
+        return self.scale.shape[0]
+
+
+def _pack(q: Tensor) -> Tensor:
+    return torch.ops.onednn.qlinear_prepack(q, None)
+
+
+def _product(x_u8: Tensor, packed: Tensor, scale: Tensor, zero_points: Tensor) -> Tensor:
+    """[M, K] uint8 (q + 128) x packed [N, K] -> [M, N] float32: the int32 sums times the weight scales."""
+    return torch.ops.onednn.qlinear_pointwise(x_u8, 1.0, _SHIFT, packed, scale, zero_points, None, 1.0, 0,
+                                              torch.float32, "none", [], "")
+
+
+@functools.cache
+def weight_bits() -> int:
+    """8 where this CPU's int8 product is exact for full-range weights, else 7 (see the module docstring).
+
+    The probe takes the worst case (every activation and weight at its extreme, so each pair of products
+    exceeds int16) at one row and at many, since oneDNN picks its kernel by shape.
+    """
+    k, n = 256, 64
+    q = torch.full((n, k), 127, dtype=torch.int8)
+    ones = torch.ones(n)
+    zeros = torch.zeros(n, dtype=torch.long)
+    packed = _pack(q)
+    for rows in (1, 5, 64):
+        x = torch.full((rows, k), 255, dtype=torch.uint8)
+        got = _product(x, packed, ones, zeros)
+        if not torch.equal(got, torch.full((rows, n), float(127 * 127 * k))):
+            return 7
+    return 8
+
+
+def quantize_weight(weight: Tensor, bias: Tensor | None = None, bits: int | None = None) -> Int8Weight:
+    """weight [N, K] (and bias [N]) -> ``Int8Weight`` with ``bits``-bit values (default ``weight_bits()``)."""
+    limit = 2 ** ((bits or weight_bits()) - 1) - 1
+    weight = weight.detach().float()
+    scale = (weight.abs().amax(dim=1) / limit).clamp_min(_TINY)
+    q = torch.round(weight / scale[:, None]).to(torch.int8)
+    return Int8Weight(_pack(q.contiguous()), scale, None if bias is None else bias.detach().float().contiguous(),
+                      torch.zeros(scale.shape[0], dtype=torch.long))
+
+
+def int8_linear(x: Tensor, weight: Int8Weight) -> Tensor:
+    """x [M, K] float32 -> [M, N] float32 ~ x @ w.T + b, each row of x quantized with its own scale.
+
+    Row m's output depends on row m's input alone, bit for bit: after the exact integer sum, each step is
+    one correctly rounded elementwise operation, whose result cannot depend on where a vectorized loop
+    splits the rows (a fused multiply-add could: vector and scalar tails round it differently).
+    """
+    amax = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)  # [M, 1]; row scale = amax / 127
+    x_u8 = (x * (127.0 / amax)).round_().add_(_SHIFT).to(torch.uint8)
+    y = _product(x_u8, weight.packed, weight.scale, weight.zero_points).mul_(amax / 127.0)
+    return y if weight.bias is None else y.add_(weight.bias)
+
+
+class Int8Linear(nn.Module):
+    """An ``nn.Linear`` run on int8 weights (see the module docstring); the float weight is not kept."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.int8 = quantize_weight(linear.weight, linear.bias)
+        release_pages([linear.weight])  # a memory-mapped checkpoint's pages go back to the page cache
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., K] -> [..., N]"""
+        y = int8_linear(x.reshape(-1, self.in_features).float(), self.int8)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_linears(module: nn.Module) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` by an ``Int8Linear``, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear(child))
+        else:
+            quantize_linears(child)
