@@ -85,15 +85,19 @@ def test_quantize_linears_replaces_every_map():
     assert (out - reference).norm() / reference.norm() < 0.06
 
 
-def test_int8_target_has_an_int8_encoder_that_encodes_each_window_alone(base):
+def test_int8_target_encodes_on_int8_maps_each_window_alone(base):
     """The int8 target is a model of its own (the float32 one is untouched); its encoder runs on int8
-    maps, its decoder in float32, and a window's encoding does not depend on its batch."""
+    maps, its decoder's steps in float32, and a window's encoding does not depend on its batch."""
     int8 = load_whisper("base", int8=True)
     assert int8 is not base and load_whisper("base", int8=True) is int8
     encoder = int8.model.model.encoder
     assert all(not isinstance(m, torch.nn.Linear) for m in encoder.modules())
     assert sum(isinstance(m, Int8Linear) for m in encoder.modules()) == 6 * len(encoder.layers)
-    assert all(not isinstance(m, Int8Linear) for m in int8.model.model.decoder.modules())
+    decoder = int8.model.model.decoder  # only its projections of the encoder outputs: once per window too
+    first = decoder.layers[0]
+    assert [isinstance(m, Int8Linear) for m in (first.encoder_attn.k_proj, first.encoder_attn.q_proj, first.fc1)] == [
+        True, False, False]
+    assert sum(isinstance(m, Int8Linear) for m in decoder.modules()) == 2 * len(decoder.layers)
     assert not any(isinstance(m, Int8Linear) for m in base.model.modules())
     clips = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))[:2]]
     with torch.inference_mode():

@@ -28,12 +28,13 @@ class ComputeType:
 
 
 COMPUTE_TYPES = {name: ComputeType(name, name) for name in ("float32", "float16", "bfloat16")}
-# int8: the encoder's linear maps on int8 weights (whisper_spec.quantization), everything else float32. The
-# decoder stays float32: with int8 activations a verify pass and a one-token step, whose attention rounds
-# its last bits differently, quantize some values to neighbouring levels, and top-two logit margins then
-# moved by up to 1 between the two paths on real speech (python -m evaluation.near_ties --compute-type
-# int8), which would break speculation's equality with greedy decoding. The encoder runs once per window,
-# the same way for both.
+# int8: the encoder's linear maps, and the decoder's projections of the encoder outputs to cross-attention
+# keys and values, on int8 weights (whisper_spec.quantization); everything else float32. The decoder's
+# steps stay float32: with int8 activations, the last-bit differences between a verify pass's attention
+# and a one-token step's push some values to neighbouring int8 levels, and the top-two logit margins of
+# the two paths then differed far more than float32's rounding (measured on real speech, see
+# evaluation/results/measurements-behind-the-defaults.md), which would break speculation's equality with
+# greedy decoding. What is quantized runs once per window, the same way for both.
 COMPUTE_TYPES["int8"] = ComputeType("int8", "float32", int8=True)
 
 

@@ -119,10 +119,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_linears(module: nn.Module) -> None:
-    """Replace every ``nn.Linear`` inside ``module`` by an ``Int8Linear``, in place."""
+def quantize_linears(module: nn.Module, only: tuple[str, ...] | None = None) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` (or only its children named in ``only``) by an
+    ``Int8Linear``, in place."""
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
+        if isinstance(child, nn.Linear) and (only is None or name in only):
             setattr(module, name, Int8Linear(child))
-        else:
+        elif only is None:
             quantize_linears(child)

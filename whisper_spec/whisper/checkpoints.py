@@ -426,8 +426,9 @@ def load_whisper(
             hub id such as ``"openai/whisper-large-v3"`` (also ``"large-v3"``-style aliases).
         device: where to put the model.
         dtype: model parameter dtype (weights are converted losslessly to float32 on disk first).
-        int8: run the encoder's linear maps on int8 weights (``whisper_spec.quantization``; CPU, float32),
-            each window encoded alone; the decoder stays float32 (see ``compute_types``). A model of its
+        int8: run the encoder's linear maps, and the decoder's projections of its outputs to cross-attention
+            keys and values, on int8 weights (``whisper_spec.quantization``; CPU, float32), each window
+            encoded alone; the rest of the decoder stays float32 (see ``compute_types``). A model of its
             own, whose float weights stay memory-mapped.
 
     Returns:
@@ -467,6 +468,8 @@ def load_whisper(
         model, tokenizer, fe, gen = _load_dir(model_dir, device, dtype)
         if int8:
             quantization.quantize_linears(model.model.encoder)
+            for layer in model.model.decoder.layers:  # cross-attention keys and values: once per window too
+                quantization.quantize_linears(layer.encoder_attn, only=("k_proj", "v_proj"))
             # int8 maps turn the last-bit differences of batched attention into different outputs, and
             # a window's encoding must not depend on the windows beside it
             model.model.encoder.one_window_per_call = True
