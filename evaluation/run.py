@@ -56,6 +56,7 @@ ENGINES = ("ours", "transformers", "faster-whisper")
 DEFAULT_CONFIGURATIONS = (
     "ours:base",
     "ours:base+distilled",  # the shipped distilled draft (tiny.en's decoder re-wired to base's encoder)
+    "ours:base@int8+distilled",  # the same at the int8 compute type, beside faster-whisper's int8
     "ours:base+tiny.en",  # cross-tokenizer draft (English-only tiny.en, another vocabulary)
     "ours:base+layers:0,5",  # shared encoder: base's own first and last decoder layers
     "ours:base+base",  # same tokenizer: the one pair transformers' assisted generation supports here
