@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="Where the models run: cpu or cuda.")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
                         help="Precision of the models: float16 on CUDA, float32 elsewhere by default; bfloat16 where "
-                             "the CPU supports it; float16 only on CUDA; int8 (CPU): int8 weights in every linear "
-                             "map of the target.")
+                             "the CPU supports it; float16 only on CUDA; int8 (CPU): the target's encoder on int8 "
+                             "weights, its decoder in float32.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
     parser.add_argument("--no-warm-up", action="store_true", help="Load models on the first request, not at start.")
     args = parser.parse_args(argv)

@@ -58,8 +58,8 @@ class WhisperModel:
             device: where to run.
             compute_type: the precision, named as faster-whisper names it: ``"default"`` (float16 on CUDA,
                 float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only), ``"int8"``
-                (CPU: int8 weights in every linear map of the target, float32 activations). Speculative
-                output equals the same compute type's greedy output.
+                (CPU: the target's encoder on int8 weights, its decoder in float32; see
+                ``whisper_spec.compute_types``). Speculative output equals the same compute type's greedy output.
             dtype: a torch dtype instead of ``compute_type``, for callers not yet moved to it.
             cuda_graphs: on CUDA, decoding steps of up to 16 tokens run as fixed-shape steps replayed as
                 CUDA graphs (``CachedWhisperDecoder``'s ``static_steps``); ignored elsewhere.

@@ -65,8 +65,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--compute-type", choices=("default", *COMPUTE_TYPES), default="default",
                         help="precision of ours and transformers where a configuration names none, as "
                              "faster-whisper names it (default: float16 on CUDA, float32 on CPU; float16 only on "
-                             "CUDA; int8, CPU: int8 weights in every linear map of our target, which transformers "
-                             "cannot run); also the timing mode's")
+                             "CUDA; int8, CPU: our target's encoder on int8 weights, its decoder in float32, which "
+                             "transformers cannot run); also the timing mode's")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, and faster-whisper's cpu_threads (default: torch's choice)")
     parser.add_argument("--cuda-graphs", action="store_true",

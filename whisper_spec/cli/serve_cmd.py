@@ -32,8 +32,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
                         help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
-                             "float32 on CPU; float16 only on CUDA; int8: int8 weights in every linear map of "
-                             "the target, CPU only)")
+                             "float32 on CPU; float16 only on CUDA; int8, CPU only: the target's encoder on int8 "
+                             "weights, its decoder in float32)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for decoding (default: torch's choice, one per core)")
     parser.add_argument("--max-batch", type=int, default=4,

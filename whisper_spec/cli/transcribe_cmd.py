@@ -56,8 +56,8 @@ def add_parser(subparsers) -> None:
                         help="torch device to run on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
                         help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
-                             "float32 on CPU; bfloat16 where the CPU supports it; float16 only on CUDA; int8: "
-                             "int8 weights in every linear map of the target, CPU only)")
+                             "float32 on CPU; bfloat16 where the CPU supports it; float16 only on CUDA; int8, "
+                             "CPU only: the target's encoder on int8 weights, its decoder in float32)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="on a CUDA device, replay decoding steps of target and draft as CUDA graphs (large "
                              "models at small batches are launch-bound); ignored on a CPU")
