@@ -43,10 +43,6 @@ class Int8Weight:
     bias: Tensor | None  # [N] float32
     zero_points: Tensor  # [N] long zeros (oneDNN wants them)
 
-    @property
-    def out_features(self) -> int:
-        return self.scale.shape[0]
-
 
 def _pack(q: Tensor) -> Tensor:
     return torch.ops.onednn.qlinear_prepack(q, None)
