@@ -1,4 +1,5 @@
-"""Linear maps on int8 weights: the encoder of a target at the int8 compute type.
+"""Linear maps on int8 weights: a target's at the int8 compute types (``Int8Linear`` in its encoder,
+``Int8Projection`` in its int8 decoder).
 
 As in faster-whisper's int8 (CTranslate2), each weight row (output channel) has its own scale, each
 input row (a frame or token) is quantized with its own scale when the map is called, the products are
@@ -123,3 +124,25 @@ def quantize_linears(module: nn.Module, only: tuple[str, ...] | None = None) -> 
             setattr(module, name, Int8Linear(child))
         elif only is None:
             quantize_linears(child)
+
+
+class Int8Projection:
+    """``projection.Projection``'s interface (several linear maps fused along the output dimension, called
+    on [n, D_in] rows) on int8 weights, each row of the input quantized with its own scale, so each output
+    row is the same bits whatever rows share the call: what a target decoder's verify pass needs to equal
+    its one-token steps. The float weights are not read again."""
+
+    def __init__(self, linears):
+        first = linears[0].weight
+        self.sizes = [linear.out_features for linear in linears]
+        bias = None
+        if any(linear.bias is not None for linear in linears):
+            bias = torch.cat([linear.bias.detach() if linear.bias is not None
+                              else torch.zeros(linear.out_features, dtype=first.dtype) for linear in linears])
+        self.int8 = quantize_weight(torch.cat([linear.weight.detach() for linear in linears]), bias)
+        release_pages([linear.weight for linear in linears])
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        """x [n, D_in] float32 -> one [n, D_out_i] tensor per fused linear."""
+        y = int8_linear(x.contiguous(), self.int8)
+        return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]

@@ -57,14 +57,15 @@ class CachedWhisperDecoder(nn.Module):
         with torch.device("meta"):  # no random initialisation: the weight is the output weight itself
             head = Linear(self.output_weight.shape[1], self.output_weight.shape[0], bias=False)
         head.weight = nn.Parameter(self.output_weight.detach(), requires_grad=False)  # shared, not copied
-        self._head = Projection([head], int8=int8)
-        self._qkv = [Projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj], int8=int8)
+        self._int8 = int8
+        self._head = self._projection([head])
+        self._qkv = [self._projection([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
                      for layer in self.layers]
-        self._self_out = [Projection([layer.self_attn.out_proj], int8=int8) for layer in self.layers]
-        self._cross_q = [Projection([layer.encoder_attn.q_proj], int8=int8) for layer in self.layers]
-        self._cross_out = [Projection([layer.encoder_attn.out_proj], int8=int8) for layer in self.layers]
-        self._fc1 = [Projection([layer.fc1], int8=int8) for layer in self.layers]
-        self._fc2 = [Projection([layer.fc2], int8=int8) for layer in self.layers]
+        self._self_out = [self._projection([layer.self_attn.out_proj]) for layer in self.layers]
+        self._cross_q = [self._projection([layer.encoder_attn.q_proj]) for layer in self.layers]
+        self._cross_out = [self._projection([layer.encoder_attn.out_proj]) for layer in self.layers]
+        self._fc1 = [self._projection([layer.fc1]) for layer in self.layers]
+        self._fc2 = [self._projection([layer.fc2]) for layer in self.layers]
         # A draft step reads its cross-attention keys and values (1500 frames a layer) as often as its
         # weights: bfloat16 halves those bytes.
         self.cross_dtype = (torch.bfloat16 if int8 and can_quantize(self.output_weight.device, self.output_weight.dtype)
@@ -82,6 +83,10 @@ class CachedWhisperDecoder(nn.Module):
         self.hidden_states: Tensor | None = None
         self._steps = StepGraphs(capture=self.device.type == "cuda") if static_steps else None
         trim_heap()  # packing fused and freed copies of every weight: hand the freed memory back
+
+    def _projection(self, linears: Sequence[nn.Linear]) -> Callable[[Tensor], list[Tensor]]:
+        """The kernel of one (fused) linear map: [n, D_in] -> one [n, D_out_i] tensor per linear."""
+        return Projection(linears, int8=self._int8)
 
     @property
     def device(self) -> torch.device:
@@ -119,18 +124,22 @@ class CachedWhisperDecoder(nn.Module):
         reads must stay at its address); a new window's reads never reach stale slots, since a token
         attends only to positions of its own window written before it.
         """
-        # one slot past the last position: a scratch slot that padding tokens write to (never attended)
-        shape = (batch, self.num_heads, self.max_positions + 1, self.head_dim)
-        cross_shape = (batch, self.num_heads, frames, self.head_dim)
-        if not (self._self_k and self._self_k[0].shape == shape and self._cross_k[0].shape == cross_shape):
-            self._self_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-            self._self_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-            self._cross_k = [torch.empty(cross_shape, device=self.device, dtype=self.cross_dtype) for _ in self.layers]
-            self._cross_v = [torch.empty(cross_shape, device=self.device, dtype=self.cross_dtype) for _ in self.layers]
+        specs = self._cache_specs(batch, frames)
+        caches = (self._self_k, self._self_v, self._cross_k, self._cross_v)
+        if not all(cache and (cache[0].shape, cache[0].dtype) == spec for cache, spec in zip(caches, specs)):
+            (self._self_k, self._self_v, self._cross_k, self._cross_v) = (
+                [torch.zeros(shape, device=self.device, dtype=dtype) for _ in self.layers] for shape, dtype in specs)
             if self._steps is not None:
                 self._steps.clear()
         self.hidden_states = (torch.zeros(batch, self.max_positions + 1, self.layer_norm.normalized_shape[0],
                                           device=self.device, dtype=self.dtype) if record_hidden else None)
+
+    def _cache_specs(self, batch: int, frames: int) -> list[tuple[torch.Size, torch.dtype]]:
+        """(shape, dtype) of one layer's self-attention keys, values, then cross-attention keys, values."""
+        # one slot past the last position: a scratch slot that padding tokens write to (never attended)
+        own = torch.Size((batch, self.num_heads, self.max_positions + 1, self.head_dim))
+        cross = torch.Size((batch, self.num_heads, frames, self.head_dim))
+        return [(own, self.dtype), (own, self.dtype), (cross, self.cross_dtype), (cross, self.cross_dtype)]
 
     @torch.inference_mode()
     def begin_rows(self, rows: Sequence[int], encoder_hidden: Tensor) -> None:
@@ -142,8 +151,8 @@ class CachedWhisperDecoder(nn.Module):
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         whole = rows == list(range(self._cross_k[0].shape[0]))
         for layer, k, v in zip(self.layers, self._cross_k, self._cross_v):
-            new_k = self._heads(layer.encoder_attn.k_proj(encoder_hidden))
-            new_v = self._heads(layer.encoder_attn.v_proj(encoder_hidden))
+            new_k, new_v = self._cross_cache_entries(self._heads(layer.encoder_attn.k_proj(encoder_hidden)),
+                                                     self._heads(layer.encoder_attn.v_proj(encoder_hidden)))
             if whole:
                 k.copy_(new_k)
                 v.copy_(new_v)
@@ -152,6 +161,10 @@ class CachedWhisperDecoder(nn.Module):
                 v.index_copy_(0, index, new_v.to(v.dtype))
         if self.hidden_states is not None:
             self.hidden_states[index] = 0
+
+    def _cross_cache_entries(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values [n, H, S, Dh] -> what the cache keeps of them."""
+        return k, v
 
     @torch.inference_mode()
     def forward_cached(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor,
@@ -233,19 +246,35 @@ class CachedWhisperDecoder(nn.Module):
             h = layer.self_attn_layer_norm(x).view(n, -1)
             q, k_new, v_new = self._qkv[i](h)
             q = self._heads(q.view(b, t, -1))
-            k_all, v_all, k_enc, v_enc = cache(i, k_new.view(b, t, self.num_heads, self.head_dim),
-                                               v_new.view(b, t, self.num_heads, self.head_dim))
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            k_all, v_all, k_enc, v_enc = cache(i, *self._self_cache_entries(
+                k_new.view(b, t, self.num_heads, self.head_dim), v_new.view(b, t, self.num_heads, self.head_dim)))
+            out = self._attend(q, k_all, v_all, mask)
             x = x + self._self_out[i](out.transpose(1, 2).reshape(n, -1))[0].view(b, t, -1)
 
             h = layer.encoder_attn_layer_norm(x).view(n, -1)
             q = self._heads(self._cross_q[i](h)[0].view(b, t, -1))
-            out = F.scaled_dot_product_attention(q.to(self.cross_dtype), k_enc, v_enc).to(x.dtype)
+            out = self._attend_cross(q, k_enc, v_enc).to(x.dtype)
             x = x + self._cross_out[i](out.transpose(1, 2).reshape(n, -1))[0].view(b, t, -1)
 
             h = layer.final_layer_norm(x).view(n, -1)
-            x = x + self._fc2[i](layer.activation_fn(self._fc1[i](h)[0]))[0].view(b, t, -1)
+            x = x + self._fc2[i](self._activation(layer, self._fc1[i](h)[0]))[0].view(b, t, -1)
         return x
+
+    def _self_cache_entries(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """New self-attention keys and values [b, T, H, Dh] -> what the cache keeps of them."""
+        return k, v
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        """Self-attention: q [b, H, T, Dh] over cached keys and values -> [b, H, T, Dh]."""
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+    def _attend_cross(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        """Cross-attention: q [b, H, T, Dh] over the window's keys and values -> [b, H, T, Dh]."""
+        return F.scaled_dot_product_attention(q.to(self.cross_dtype), keys, values)
+
+    def _activation(self, layer: nn.Module, h: Tensor) -> Tensor:
+        """The MLP's activation on [n, ffn] rows."""
+        return layer.activation_fn(h)
 
     def _logits(self, x: Tensor) -> Tensor:
         """[b, N, D] final hidden states -> [b, N, V] logits"""
