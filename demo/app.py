@@ -27,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from whisper_spec import compute_types
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.compute_types import COMPUTE_TYPES
 from whisper_spec.core.stats import SpeculationStats
@@ -416,9 +417,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="The text LLM selected when the text tab opens (loaded on its first use).")
     parser.add_argument("--device", default="cpu", help="Where the models run: cpu or cuda.")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
-                        help="Precision of the models: float16 on CUDA, float32 elsewhere by default; bfloat16 where "
-                             "the CPU supports it; float16 only on CUDA; int8 (CPU): the target's encoder on int8 "
-                             "weights, its decoder in float32.")
+                        help=f"The models' {compute_types.HELP}.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
     parser.add_argument("--no-warm-up", action="store_true", help="Load models on the first request, not at start.")
     args = parser.parse_args(argv)

@@ -1,7 +1,8 @@
-"""How often half precision flips a greedy choice between a verify pass and a plain step, on real speech.
+"""How often a compute type flips a greedy choice between a verify pass and a plain step, on real speech.
 
 Run ``python -m evaluation.near_ties`` (defaults: base with the layers:0,5 and tiny.en drafts, bfloat16
-on the CPU; ``--device cuda --dtype float16`` on a GPU). For each file it reports:
+on the CPU; ``--device cuda --compute-type float16`` on a GPU; ``--compute-type int8`` checks that the int8
+decoder's passes are position-exact). For each file it reports:
 
 - rounding: teacher-forced over the greedy transcript, the largest change of a top-two logit margin
   between one-token steps and one multi-token pass over the same prefix (what ``near_tie_margin`` must
@@ -10,7 +11,7 @@ on the CPU; ``--device cuda --dtype float16`` on a GPU). For each file it report
   that the draft is used), per file;
 - parity with the rule (the default in half precision), and how many positions it rescored.
 
-Prints one markdown table per dtype; every number is a count over the files, nothing is timed.
+Prints one markdown table per compute type; every number is a count over the files, nothing is timed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> None:
     parser.add_argument("--draft", action="append", dest="drafts",
                         help="a draft to compare, repeatable (default: layers:0,5 and tiny.en)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="bfloat16", help="comma-separated half dtypes: bfloat16, float16")
+    parser.add_argument("--compute-type", default="bfloat16",
+                        help="comma-separated compute types: bfloat16, float16, float32, int8, int8_encoder")
     parser.add_argument("--allison", type=int, default=10, help="Allison prompts added to the 5 LibriVox clips")
     parser.add_argument("--draft-length", type=int, default=6, help="fixed k for the speculative runs")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -63,10 +65,9 @@ def main() -> None:
     drafts = args.drafts or ["layers:0,5", "tiny.en"]
     entries = librivox_manifest() + (allison_manifest(limit=args.allison) if args.allison else [])
     clips = [load_audio(e.audio) for e in entries]
-    for name in args.dtype.split(","):
-        dtype = getattr(torch, name)
-        margin = default_margin(dtype)
-        model = WhisperModel(args.target, None, device=args.device, dtype=dtype)
+    for name in args.compute_type.split(","):
+        model = WhisperModel(args.target, None, device=args.device, compute_type=name)
+        margin = default_margin(model.dtype)
         base = model.engine
         off = WindowOptions(language="en", draft_length=args.draft_length, adaptive_draft_length=False,
                             near_tie_margin=0.0)
@@ -77,7 +78,7 @@ def main() -> None:
         tokens = sum(len(w.tokens) + 1 for w in greedy_off)
         print(f"\n{args.target}, {name} on {args.device}, {len(clips)} files (5 LibriVox + {args.allison} Allison), "
               f"{tokens} tokens; default near_tie_margin {margin}\n")
-        print(f"rounding (teacher-forced, steps vs one pass): largest top-two margin change {max(changes):.4f}; "
+        print(f"rounding (teacher-forced, steps vs one pass): largest top-two margin change {max(changes):.3g}; "
               f"argmax flips at {sum(flips)} of {tokens} positions, in {sum(f > 0 for f in flips)} files")
         same = sum(a.tokens == b.tokens for a, b in zip(greedy_on, greedy_off))
         print(f"greedy with the rule == greedy without it: {same}"

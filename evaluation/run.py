@@ -57,6 +57,7 @@ DEFAULT_CONFIGURATIONS = (
     "ours:base",
     "ours:base+distilled",  # the shipped distilled draft (tiny.en's decoder re-wired to base's encoder)
     "ours:base@int8+distilled",  # the same at the int8 compute type, beside faster-whisper's int8
+    "ours:base@int8_encoder+distilled",  # int8 encoder, float32 decoder: faster speculation on base
     "ours:base+tiny.en",  # cross-tokenizer draft (English-only tiny.en, another vocabulary)
     "ours:base+layers:0,5",  # shared encoder: base's own first and last decoder layers
     "ours:base+base",  # same tokenizer: the one pair transformers' assisted generation supports here
@@ -273,6 +274,8 @@ class _PeerRunner:
 
 class _FasterWhisperRunner:
     def __init__(self, configuration: Configuration, options: EvalOptions):
+        if configuration.resolved_compute_type(options) == "int8_encoder":
+            raise UnsupportedPairError(f"{configuration.name}: int8_encoder is ours alone (faster-whisper: int8)")
         self.peer = FasterWhisperPeer(configuration.target, configuration.resolved_compute_type(options),
                                       threads=options.threads)
         self.models = []  # CTranslate2 holds its weights outside torch

@@ -7,7 +7,8 @@ from whisper_spec.compute_types import compute_dtype
 
 
 @pytest.mark.parametrize(("name", "dtype"), [("float32", torch.float32), ("bfloat16", torch.bfloat16),
-                                             ("default", torch.float32), ("int8", torch.float32)])
+                                             ("default", torch.float32), ("int8", torch.float32),
+                                             ("int8_encoder", torch.float32)])
 def test_cpu_compute_types(name, dtype):
     assert compute_dtype(name, "cpu") == dtype
 
@@ -61,17 +62,20 @@ def _tokens(transcription):
     return [s.tokens for s in transcription.segments]
 
 
-def test_int8_speculation_is_int8_greedy(librivox_clips, tmp_path):
-    """At int8 (base's encoder on int8 weights) speculative tokens equal int8 greedy tokens on real speech:
-    file by file, batched, and over two minutes through the long-form path; the int8 transcripts stay
-    close to float32's."""
+@pytest.mark.parametrize("compute_type", ["int8", "int8_encoder"])
+def test_int8_speculation_is_int8_greedy(compute_type, librivox_clips, tmp_path):
+    """At int8 (every linear map of base on int8 weights) and at int8_encoder (its encoder alone),
+    speculative tokens equal the same compute type's greedy tokens on real speech: file by file, batched,
+    and over two minutes through the long-form path; the transcripts stay close to float32's."""
     from evaluation.manifests import allison_manifest, longform_manifest
     from evaluation.metrics import wer
     from whisper_spec.model import WhisperModel
+    from whisper_spec.whisper.int8_decoder import Int8WhisperDecoder
 
-    speculative = WhisperModel("base", compute_type="int8")
+    speculative = WhisperModel("base", compute_type=compute_type)
     greedy = speculative.with_draft(None)
     assert speculative.compute_type.int8 and speculative.draft is not None
+    assert isinstance(speculative.engine.decoder, Int8WhisperDecoder) == (compute_type == "int8")
     float32 = WhisperModel("base", None, compute_type="float32")
     references, hypotheses = [], []
     for clip in librivox_clips:

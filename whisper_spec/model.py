@@ -58,8 +58,9 @@ class WhisperModel:
             device: where to run.
             compute_type: the precision, named as faster-whisper names it: ``"default"`` (float16 on CUDA,
                 float32 elsewhere), ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only), ``"int8"``
-                (CPU: the target's encoder on int8 weights, its decoder in float32; see
-                ``whisper_spec.compute_types``). Speculative output equals the same compute type's greedy output.
+                (CPU: every linear map of the target on int8 weights) or ``"int8_encoder"`` (CPU: its encoder
+                on int8 weights, its decoder float32); see ``whisper_spec.compute_types``. Speculative output
+                equals the same compute type's greedy output.
             dtype: a torch dtype instead of ``compute_type``, for callers not yet moved to it.
             cuda_graphs: on CUDA, decoding steps of up to 16 tokens run as fixed-shape steps replayed as
                 CUDA graphs (``CachedWhisperDecoder``'s ``static_steps``); ignored elsewhere.
@@ -71,7 +72,8 @@ class WhisperModel:
         self.static_steps = cuda_graphs and torch.device(device).type == "cuda"
         checkpoint = load_whisper(self.target, device=device, dtype=self.dtype,
                                   int8=self.compute_type.int8 and dtype is None)
-        self.engine = SpeculativeWhisper(checkpoint, static_steps=self.static_steps)
+        self.engine = SpeculativeWhisper(checkpoint, static_steps=self.static_steps,
+                                         int8_decoder=self.compute_type.int8_decoder and dtype is None)
         if self.draft is not None:
             self.engine = self.engine.with_draft(self._draft(self.draft))
 

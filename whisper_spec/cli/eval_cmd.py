@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from whisper_spec import compute_types
 from whisper_spec.cli import VERBS
 from whisper_spec.compute_types import COMPUTE_TYPES
 
@@ -63,10 +64,9 @@ def add_parser(subparsers) -> None:
                         help="always draft --draft-length tokens (ours) instead of adapting it to acceptance")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     parser.add_argument("--compute-type", choices=("default", *COMPUTE_TYPES), default="default",
-                        help="precision of ours and transformers where a configuration names none, as "
-                             "faster-whisper names it (default: float16 on CUDA, float32 on CPU; float16 only on "
-                             "CUDA; int8, CPU: our target's encoder on int8 weights, its decoder in float32, which "
-                             "transformers cannot run); also the timing mode's")
+                        help=f"where a configuration names none, ours' and transformers' {compute_types.HELP}; "
+                             "transformers runs neither int8 type, faster-whisper not int8_encoder; also the "
+                             "timing mode's")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads, and faster-whisper's cpu_threads (default: torch's choice)")
     parser.add_argument("--cuda-graphs", action="store_true",

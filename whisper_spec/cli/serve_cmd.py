@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from whisper_spec import compute_types
 from whisper_spec.cli import VERBS
 from whisper_spec.compute_types import COMPUTE_TYPES
 from whisper_spec.presets import DEFAULT, PRESETS
@@ -31,9 +32,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-speculative", action="store_true", help="serve the target alone (the baseline)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
-                        help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
-                             "float32 on CPU; float16 only on CUDA; int8, CPU only: the target's encoder on int8 "
-                             "weights, its decoder in float32)")
+                        help=f"model {compute_types.HELP}")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for decoding (default: torch's choice, one per core)")
     parser.add_argument("--max-batch", type=int, default=4,

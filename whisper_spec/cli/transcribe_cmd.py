@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from whisper_spec import compute_types
 from whisper_spec.audio import AudioLoadError, audio_duration, load_audio
 from whisper_spec.cli import VERBS
 from whisper_spec.compute_types import COMPUTE_TYPES
@@ -55,9 +56,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device to run on (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--compute-type", default="default", choices=("default", *COMPUTE_TYPES),
-                        help="model precision, named as faster-whisper names it (default: float16 on CUDA, "
-                             "float32 on CPU; bfloat16 where the CPU supports it; float16 only on CUDA; int8, "
-                             "CPU only: the target's encoder on int8 weights, its decoder in float32)")
+                        help=f"model {compute_types.HELP}")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="on a CUDA device, replay decoding steps of target and draft as CUDA graphs (large "
                              "models at small batches are launch-bound); ignored on a CPU")

@@ -73,6 +73,7 @@ class WhisperCheckpoint:
         tokenizer: ``tokenizer.WhisperTokenizer`` (special-token ids differ between tiny.en and base).
         feature_extractor: ``features.LogMel``; audio 16 kHz -> ``(batch, num_mel_bins, 3000)``.
         generation_config: :class:`GenerationConfig` with ``lang_to_id``/``task_to_id`` for multilingual models.
+        int8: loaded with ``load_whisper``'s ``int8`` (the encoder on int8 weights, each window encoded alone).
     """
 
     name: str
@@ -80,6 +81,7 @@ class WhisperCheckpoint:
     tokenizer: object
     feature_extractor: object
     generation_config: object
+    int8: bool = False
 
     @functools.cached_property
     def tokens(self) -> WhisperTokens:
@@ -428,8 +430,9 @@ def load_whisper(
         dtype: model parameter dtype (weights are converted losslessly to float32 on disk first).
         int8: run the encoder's linear maps, and the decoder's projections of its outputs to cross-attention
             keys and values, on int8 weights (``whisper_spec.quantization``; CPU, float32), each window
-            encoded alone; the rest of the decoder stays float32 (see ``compute_types``). A model of its
-            own, whose float weights stay memory-mapped.
+            encoded alone; the decoder's other maps stay float32 here (``whisper.int8_decoder`` quantizes
+            them for the int8 compute type, see ``compute_types``). A model of its own, whose float weights
+            stay memory-mapped.
 
     Returns:
         A :class:`WhisperCheckpoint`. The same object is returned for repeated calls with the same
@@ -474,7 +477,8 @@ def load_whisper(
             # a window's encoding must not depend on the windows beside it
             model.model.encoder.one_window_per_call = True
         ckpt = WhisperCheckpoint(
-            name=name_or_path, model=model, tokenizer=tokenizer, feature_extractor=fe, generation_config=gen
+            name=name_or_path, model=model, tokenizer=tokenizer, feature_extractor=fe, generation_config=gen,
+            int8=int8,
         )
         _MEMO[memo_key] = ckpt
         return ckpt

@@ -23,6 +23,7 @@ from whisper_spec.whisper.checkpoints import WhisperCheckpoint
 from whisper_spec.whisper.decoder import CachedWhisperDecoder
 from whisper_spec.whisper.drafts import DraftSetup, WhisperDraft, WindowBatch, WindowDrafter
 from whisper_spec.whisper.features import encode_audio
+from whisper_spec.whisper.int8_decoder import Int8WhisperDecoder
 from whisper_spec.whisper.language import detect_language
 from whisper_spec.whisper.near_ties import ExactDecoder, default_margin
 
@@ -75,14 +76,21 @@ class WindowRequest:
 class SpeculativeWhisper:
     """A target checkpoint with an optional draft; ``draft=None`` is the target alone (the baseline)."""
 
-    def __init__(self, target: WhisperCheckpoint, draft: WhisperDraft | None = None, static_steps: bool = False):
+    def __init__(self, target: WhisperCheckpoint, draft: WhisperDraft | None = None, static_steps: bool = False,
+                 int8_decoder: bool = False):
         """``static_steps``: the target's decoding passes run as fixed-shape steps, replayed as CUDA graphs
-        on a GPU (see ``CachedWhisperDecoder``); a draft decoder chooses for itself."""
+        on a GPU (see ``CachedWhisperDecoder``); a draft decoder chooses for itself. ``int8_decoder``: the
+        target's decoder on int8 weights with position-exact passes (``whisper.int8_decoder``), for a target
+        loaded at int8 (``load_whisper(..., int8=True)``)."""
         self.target = target
         self.tokens = target.tokens
         self.draft = draft
         self.draft_lengths = ControllerMemory()  # what this pair costs here, learned across windows
-        self.decoder = CachedWhisperDecoder(target.model.model.decoder, static_steps=static_steps)
+        if int8_decoder and (static_steps or not target.int8):
+            raise ValueError("an int8 decoder needs a target loaded at int8 (each window's cross-attention keys "
+                             "and values the same bits in any batch), and runs without CUDA graph steps")
+        self.decoder = (Int8WhisperDecoder(target.model.model.decoder) if int8_decoder
+                        else CachedWhisperDecoder(target.model.model.decoder, static_steps=static_steps))
         self._exact: dict[str, ExactDecoder] = {}  # the float32 decoder for near-ties, built on first need
 
     @property
