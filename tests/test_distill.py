@@ -484,3 +484,22 @@ def test_distilled_drafts_stop_their_own_rounds_unless_told_otherwise(base):
 
     # each round of ``every`` drafts 6 (fewer only at the end of text); ``own`` stops where it is unsure
     assert per_round(own) < 0.9 * per_round(every), (per_round(own), per_round(every))
+
+
+@pytest.mark.parametrize(("native", "dtype"), [(False, torch.float32), (True, torch.bfloat16)])
+def test_the_shipped_draft_keeps_cross_attention_in_bfloat16_only_on_native_bfloat16(base, monkeypatch, native,
+                                                                                       dtype):
+    """Emulated bfloat16 (a CPU without AVX-512 BF16 or AMX) costs more than float32, so the int8 draft's
+    cross-attention keys and values follow the CPU; either way the output is the target's own."""
+    import whisper_spec.whisper.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "has_native_bfloat16", lambda device: native)
+    shipped = DistilledDraft(load_draft(find_draft_file("distilled", "base"), base), base)
+    assert shipped.decoder.cross_dtype == dtype
+    engine = SpeculativeWhisper(base)
+    audio = [_librivox_clip("sense_and_sensibility_01_austen_64kb-0870")]
+    options = WindowOptions(language="en", draft_length=5, adaptive_draft_length=False)
+    plain = engine.decode_windows(audio, replace(options, draft_length=0))
+    drafted = engine.with_draft(shipped).decode_windows(audio, options)
+    assert [w.tokens for w in drafted] == [w.tokens for w in plain]
+    assert sum(w.stats.accepted for w in drafted) > 0

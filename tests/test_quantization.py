@@ -55,6 +55,20 @@ def test_each_rows_output_is_the_same_bits_in_any_company(activations, bits):
         assert torch.equal(int8_linear(other, weight)[4:], together[4:9])
 
 
+def test_rows_quantize_to_the_levels_of_round_shift_convert(activations):
+    """quantize_rows' float-bits shortcut gives round(x * 127 / amax) + 128 with ties to even, on real
+    activations, exact halves, the extremes, zero rows and rows of a single value."""
+    narrow, wide, _ = activations
+    ties = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, -127.0, 0.0, -0.0, 63.5]])
+    for x in (narrow, wide, narrow * 1e-20, ties, torch.zeros(3, 8), torch.full((2, 5), -4.0)):
+        amax = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+        expected = (x * (127.0 / amax)).round().add(128).to(torch.uint8)
+        levels, got_amax = quantization.quantize_rows(x)
+        assert torch.equal(levels, expected) and torch.equal(got_amax, amax)
+    assert quantization.quantize_rows(ties)[0].tolist()[0] == [255, 128, 130, 130, 128, 126, 126, 254, 2, 1,
+                                                             128, 128, 192]
+
+
 def test_the_cpu_int8_product_is_exact_where_it_claims_to_be(activations):
     narrow, _, layer = activations
     weight = quantize_weight(layer.fc1.weight, None)

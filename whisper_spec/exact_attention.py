@@ -49,7 +49,7 @@ def _query_key_levels(head_dim: int) -> int:
 def _round_to_grid(x: Tensor, levels: int, dim: int = -1) -> tuple[Tensor, Tensor]:
     """x -> (integers in [-levels, levels], scale with ``dim`` kept as 1) with x ~ integers * scale."""
     amax = x.abs().amax(dim=dim, keepdim=True).clamp_min_(_TINY)
-    return (x * (levels / amax)).round_(), amax / levels
+    return x.mul(amax.reciprocal().mul_(levels)).round_(), amax / levels  # (levels / amax, unwrapped)
 
 
 def pack_keys(k: Tensor) -> Tensor:

@@ -35,6 +35,14 @@ def _packed(weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
+def has_native_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 arithmetic is fast on ``device``: a GPU, or a CPU with AVX-512 BF16 or AMX
+    instructions. Elsewhere oneDNN emulates it, and a bfloat16 product costs several float32 ones."""
+    if device.type != "cpu":
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
 

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from whisper_spec.memory import release_pages
 
 _SHIFT = 128  # activations are stored as uint8 = q + 128 (oneDNN's fast path is u8 x s8)
+_ROUNDING = 1.5 * 2.0**23 + _SHIFT  # see quantize_rows
+_ROUNDING_BITS = 0x4B400000  # the bits of the float32 1.5 * 2**23
 _TINY = 1e-30  # scale floor: an all-zero row quantizes to zeros instead of dividing by zero
 
 
@@ -85,6 +87,23 @@ def quantize_weight(weight: Tensor, bias: Tensor | None = None, bits: int | None
                       torch.zeros(scale.shape[0], dtype=torch.long))
 
 
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [M, K] float32 -> (uint8 [M, K] = round(x * 127 / amax) + 128, rounded half to even; amax [M, 1],
+    each row's largest magnitude).
+
+    One buffer and cheap integer steps instead of round, shift and a float-to-byte conversion (about
+    half the time on an encoder's rows): v = x * 127 / amax lies in [-127, 127], so v + _ROUNDING lies in
+    [2**23, 2**24), where float32 steps by exactly 1 and the addition rounds v half to even, as ``round``
+    does; that float's bits, read as an integer, are _ROUNDING_BITS + 128 + round(v). The same bits as
+    the step-by-step form (tested).
+    """
+    magnitude = torch.abs(x)
+    amax = magnitude.amax(dim=1, keepdim=True).clamp_min_(_TINY)
+    # amax.reciprocal() * 127 is what ``127 / amax`` computes, without its Python wrapper
+    levels = torch.mul(x, amax.reciprocal().mul_(127.0), out=magnitude).add_(_ROUNDING)
+    return levels.view(torch.int32).sub_(_ROUNDING_BITS).to(torch.uint8), amax
+
+
 def int8_linear(x: Tensor, weight: Int8Weight) -> Tensor:
     """x [M, K] float32 -> [M, N] float32 ~ x @ w.T + b, each row of x quantized with its own scale.
 
@@ -92,8 +111,7 @@ def int8_linear(x: Tensor, weight: Int8Weight) -> Tensor:
     one correctly rounded elementwise operation, whose result cannot depend on where a vectorized loop
     splits the rows (a fused multiply-add could: vector and scalar tails round it differently).
     """
-    amax = x.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)  # [M, 1]; row scale = amax / 127
-    x_u8 = (x * (127.0 / amax)).round_().add_(_SHIFT).to(torch.uint8)
+    x_u8, amax = quantize_rows(x)
     y = _product(x_u8, weight.packed, weight.scale, weight.zero_points).mul_(amax / 127.0)
     return y if weight.bias is None else y.add_(weight.bias)
 

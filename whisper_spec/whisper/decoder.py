@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from whisper_spec.cuda_graphs import StepGraphs
 from whisper_spec.memory import trim_heap
-from whisper_spec.projection import Projection, can_quantize
+from whisper_spec.projection import Projection, can_quantize, has_native_bfloat16
 from whisper_spec.whisper.modeling import Linear
 
 # the longest pass run as a fixed-shape step (longer ones, such as a long previous-text prompt, run as
@@ -67,9 +67,10 @@ class CachedWhisperDecoder(nn.Module):
         self._fc1 = [self._projection([layer.fc1]) for layer in self.layers]
         self._fc2 = [self._projection([layer.fc2]) for layer in self.layers]
         # A draft step reads its cross-attention keys and values (1500 frames a layer) as often as its
-        # weights: bfloat16 halves those bytes.
-        self.cross_dtype = (torch.bfloat16 if int8 and can_quantize(self.output_weight.device, self.output_weight.dtype)
-                            else self.output_weight.dtype)
+        # weights: bfloat16 halves those bytes, where the CPU computes in bfloat16 (emulated, it is slower).
+        device = self.output_weight.device
+        self.cross_dtype = (torch.bfloat16 if int8 and can_quantize(device, self.output_weight.dtype)
+                            and has_native_bfloat16(device) else self.output_weight.dtype)
         first = self.layers[0].self_attn
         self.num_heads = first.num_heads
         self.head_dim = first.head_dim

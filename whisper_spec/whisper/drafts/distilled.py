@@ -198,7 +198,7 @@ class DistilledDraft:
 
         def admit(batch: WindowBatch) -> float:
             # Per window, the adapter and the cross-attention keys/values are 1500-frame matrix products;
-            # where the draft keeps those keys in bfloat16 anyway, they run in it (a third of the time).
+            # where the draft keeps those keys in bfloat16 anyway (native bfloat16 only), they run in it.
             low = (torch.autocast("cpu", dtype=torch.bfloat16) if self.decoder.cross_dtype == torch.bfloat16
                    else contextlib.nullcontext())
             with torch.inference_mode(), low:
