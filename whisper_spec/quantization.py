@@ -91,8 +91,8 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """x [M, K] float32 -> (uint8 [M, K] = round(x * 127 / amax) + 128, rounded half to even; amax [M, 1],
     each row's largest magnitude).
 
-    One buffer and cheap integer steps instead of round, shift and a float-to-byte conversion (about
-    half the time on an encoder's rows): v = x * 127 / amax lies in [-127, 127], so v + _ROUNDING lies in
+    One buffer and cheap integer steps instead of round, shift and a float-to-byte conversion (see
+    measurements-behind-the-defaults.md): v = x * 127 / amax lies in [-127, 127], so v + _ROUNDING lies in
     [2**23, 2**24), where float32 steps by exactly 1 and the addition rounds v half to even, as ``round``
     does; that float's bits, read as an integer, are _ROUNDING_BITS + 128 + round(v). The same bits as
     the step-by-step form (tested).
