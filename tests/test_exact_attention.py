@@ -15,6 +15,7 @@ from whisper_spec.exact_attention import (
     attention,
     pack_keys,
     pack_values,
+    pack_window_keys,
     pack_window_values,
     row_invariant_gelu,
 )
@@ -26,8 +27,35 @@ def _window(batch: int = 1, frames: int = 1500, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     k = torch.randn(batch, HEADS, frames, DIM, generator=generator)
     v = torch.randn(batch, HEADS, frames, DIM, generator=generator)
-    return k, v, Packed.of(pack_keys(k).transpose(-1, -2).contiguous(), transposed=True), \
-        Packed.of_window_values(pack_window_values(v))
+    return k, v, Packed.of(_packed_window_keys(k), transposed=True), Packed.of_window_values(_packed_window_values(v))
+
+
+def _merged(x):
+    """[b, H, S, Dh] -> [b, S, H * Dh], the layout a map's output has before its heads are split."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _packed_window_keys(k):
+    b, heads, frames, dim = k.shape
+    return pack_window_keys(_merged(k), heads, torch.empty(b, heads, dim + 1, frames))
+
+
+def _packed_window_values(v):
+    b, heads, frames, dim = v.shape
+    return pack_window_values(_merged(v), heads, torch.empty(b, heads, dim, frames + 1, dtype=torch.float64))
+
+
+def test_window_packing_gives_per_key_and_per_channel_grids():
+    """The window's keys: pack_keys' numbers, transposed; its values: integers per channel within the
+    value grid, with the channel's largest magnitude on its edge."""
+    k, v, _, _ = _window(batch=2, frames=300)
+    assert torch.equal(_packed_window_keys(k), pack_keys(k).transpose(-1, -2))
+    packed = _packed_window_values(v)
+    ints, scale = packed[..., :-1], packed[..., -1:]
+    assert torch.equal(ints, ints.round()) and int(ints.abs().amax()) == exact_attention._VALUE_LEVELS
+    assert torch.equal(ints.abs().amax(dim=-1), torch.full(scale.shape[:-1], float(exact_attention._VALUE_LEVELS),
+                                                           dtype=torch.float64))
+    assert (ints * scale - v.double().transpose(-1, -2)).abs().max() <= scale.max() / 2 * (1 + 1e-9)
 
 
 def test_a_windows_queries_get_the_same_bits_alone_in_a_pass_or_in_a_batch():

@@ -31,7 +31,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["pack_keys", "pack_values", "pack_window_values", "Packed", "attention", "row_invariant_gelu"]
+from whisper_spec.scalars import scalar
+
+__all__ = ["pack_keys", "pack_values", "pack_window_keys", "pack_window_values", "Packed", "attention",
+           "row_invariant_gelu"]
 
 _TINY = 1e-30  # scale floor: an all-zero row packs to zeros instead of dividing by zero
 STEPS_PER_UNIT = 4096  # exponent grid of the softmax table
@@ -49,7 +52,8 @@ def _query_key_levels(head_dim: int) -> int:
 def _round_to_grid(x: Tensor, levels: int, dim: int = -1) -> tuple[Tensor, Tensor]:
     """x -> (integers in [-levels, levels], scale with ``dim`` kept as 1) with x ~ integers * scale."""
     amax = x.abs().amax(dim=dim, keepdim=True).clamp_min_(_TINY)
-    return x.mul(amax.reciprocal().mul_(levels)).round_(), amax / levels  # (levels / amax, unwrapped)
+    levels = scalar(levels, x.dtype)
+    return x.mul(amax.reciprocal().mul_(levels)).round_(), torch.div(amax, levels)  # (levels / amax, unwrapped)
 
 
 def pack_keys(k: Tensor) -> Tensor:
@@ -64,11 +68,36 @@ def pack_values(v: Tensor) -> Tensor:
     return torch.cat([ints, scale], dim=-1)
 
 
-def pack_window_values(v: Tensor) -> Tensor:
-    """Values [..., S, Dh] float, all known at once -> packed [..., Dh, S + 1] float64: per channel, the
-    integers of every value, then the channel's scale."""
-    ints, scale = _round_to_grid(v.double().transpose(-1, -2), _VALUE_LEVELS)
-    return torch.cat([ints, scale], dim=-1)
+def _heads_transposed(x: Tensor, heads: int) -> Tensor:
+    """[n, S, H * Dh] -> [n, H, Dh, S] contiguous, one window at a time: a two-dimensional transpose runs
+    as a blocked copy, a batched one does not."""
+    n, frames, width = x.shape
+    out = x.new_empty(n, width, frames)
+    for window in range(n):
+        out[window].copy_(x[window].t())
+    return out.view(n, heads, width // heads, frames)
+
+
+def pack_window_keys(k: Tensor, heads: int, out: Tensor) -> Tensor:
+    """A window's keys [n, S, H * Dh] float32 -> ``out`` [n, H, Dh + 1, S] float32: ``pack_keys``' numbers
+    for each head, transposed (per key, its integers down a column, then its scale), which every step's
+    product reads faster. Transposed first, so that every later pass reads and writes whole rows."""
+    kt = _heads_transposed(k, heads)  # [n, H, Dh, S]
+    levels = _query_key_levels(kt.shape[-2])
+    amax = kt.abs().amax(dim=-2, keepdim=True).clamp_min_(_TINY)  # [n, H, 1, S]
+    torch.mul(kt, amax.reciprocal().mul_(levels), out=out[..., :-1, :]).round_()
+    torch.div(amax.squeeze(-2), levels, out=out[..., -1, :])
+    return out
+
+
+def pack_window_values(v: Tensor, heads: int, out: Tensor) -> Tensor:
+    """A window's values [n, S, H * Dh] float32, all known at once -> ``out`` [n, H, Dh, S + 1] float64: per
+    head and channel, the integers of every value, then the channel's scale."""
+    vt = _heads_transposed(v, heads)  # [n, H, Dh, S]
+    amax = vt.abs().amax(dim=-1, keepdim=True).double().clamp_min_(_TINY)  # [n, H, Dh, 1], exact in float64
+    torch.mul(vt, amax.reciprocal().mul_(_VALUE_LEVELS), out=out[..., :-1]).round_()
+    torch.div(amax.squeeze(-1), _VALUE_LEVELS, out=out[..., -1])
+    return out
 
 
 class Packed(NamedTuple):
@@ -80,8 +109,8 @@ class Packed(NamedTuple):
 
     @classmethod
     def of(cls, packed: Tensor, transposed: bool = False) -> Packed:
-        """From ``pack_keys``/``pack_values``' [b, H, S, Dh + 1], or its transpose [b, H, Dh + 1, S] when
-        ``transposed`` (keys written once and read by every step: the product reads them faster so)."""
+        """From ``pack_keys``/``pack_values``' [b, H, S, Dh + 1], or ``pack_window_keys``' [b, H, Dh + 1, S]
+        when ``transposed``."""
         if transposed:
             return cls(packed[..., :-1, :].transpose(-1, -2), packed[..., -1, :])
         return cls(packed[..., :-1], packed[..., -1])
@@ -122,7 +151,8 @@ def attention(q: Tensor, keys: Packed, values: Packed, mask: Tensor | None = Non
     if mask is not None:
         scores.masked_fill_(~mask, -math.inf)
     # each score's distance below the row's largest, in table steps (-inf lands on the table's final zero)
-    steps = torch.rsub(scores, scores.amax(dim=-1, keepdim=True)).mul_(q_scale.mul_(STEPS_PER_UNIT * dh ** -0.5))
+    per_step = q_scale.mul_(scalar(STEPS_PER_UNIT * dh ** -0.5))
+    steps = torch.rsub(scores, scores.amax(dim=-1, keepdim=True)).mul_(per_step)
     table = _weight_table()
     weights = table.take(steps.clamp_(max=table.shape[0] - 1).long())  # [b, H, T, S] float64 integers
     total = weights.sum(dim=-1, keepdim=True)  # exact: integers below 2**53
@@ -130,7 +160,7 @@ def attention(q: Tensor, keys: Packed, values: Packed, mask: Tensor | None = Non
         out = torch.matmul(weights, values.ints)  # exact: |sum| < frames * 2**24 * 2**15 <= 2**53
         return out.mul_(values.scale[..., None, :]).div_(total).float()
     weights.mul_(values.scale[..., None, :])  # exact: a 25-bit integer times a float32 scale
-    grid = _WEIGHT_ONE / weights.amax(dim=-1, keepdim=True)
+    grid = weights.amax(dim=-1, keepdim=True).reciprocal_().mul_(scalar(_WEIGHT_ONE, torch.float64))  # 2**24 / amax
     weights.mul_(grid).round_()  # integers up to 2**24 on the row's own grid
     out = torch.matmul(weights, values.ints)  # exact, as above
     return out.div_(grid.mul_(total)).float()

@@ -151,21 +151,21 @@ class CachedWhisperDecoder(nn.Module):
         encoder_hidden = encoder_hidden.to(device=self.device, dtype=self.dtype)
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         whole = rows == list(range(self._cross_k[0].shape[0]))
-        for layer, k, v in zip(self.layers, self._cross_k, self._cross_v):
-            new_k, new_v = self._cross_cache_entries(self._heads(layer.encoder_attn.k_proj(encoder_hidden)),
-                                                     self._heads(layer.encoder_attn.v_proj(encoder_hidden)))
-            if whole:
-                k.copy_(new_k)
-                v.copy_(new_v)
-            else:
-                k.index_copy_(0, index, new_k.to(k.dtype))
-                v.index_copy_(0, index, new_v.to(v.dtype))
+        for i, layer in enumerate(self.layers):
+            self._store_cross(i, None if whole else index, *layer.encoder_attn.key_values(encoder_hidden))
         if self.hidden_states is not None:
             self.hidden_states[index] = 0
 
-    def _cross_cache_entries(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values [n, H, S, Dh] -> what the cache keeps of them."""
-        return k, v
+    def _store_cross(self, i: int, rows: Tensor | None, k: Tensor, v: Tensor) -> None:
+        """Layer i's cross-attention keys and values [n, S, D] go to its caches at batch rows ``rows`` [n]
+        (None: every row, n = B)."""
+        k, v = self._heads(k), self._heads(v)
+        if rows is None:
+            self._cross_k[i].copy_(k)
+            self._cross_v[i].copy_(v)
+        else:
+            self._cross_k[i].index_copy_(0, rows, k.to(self._cross_k[i].dtype))
+            self._cross_v[i].index_copy_(0, rows, v.to(self._cross_v[i].dtype))
 
     @torch.inference_mode()
     def forward_cached(self, rows: Tensor, tokens: Tensor, start: Tensor, output_index: Tensor,

@@ -22,6 +22,7 @@ from whisper_spec.exact_attention import (
     attention,
     pack_keys,
     pack_values,
+    pack_window_keys,
     pack_window_values,
     row_invariant_gelu,
 )
@@ -51,8 +52,15 @@ class Int8WhisperDecoder(CachedWhisperDecoder):
         cross_values = torch.Size((batch, self.num_heads, self.head_dim, frames + 1))
         return [(own, torch.float32), (own, torch.float64), (cross_keys, torch.float32), (cross_values, torch.float64)]
 
-    def _cross_cache_entries(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return pack_keys(k).transpose(-1, -2), pack_window_values(v)
+    def _store_cross(self, i: int, rows: Tensor | None, k: Tensor, v: Tensor) -> None:
+        keys, values = self._cross_k[i], self._cross_v[i]
+        if rows is None:  # packed where they are kept
+            pack_window_keys(k, self.num_heads, out=keys)
+            pack_window_values(v, self.num_heads, out=values)
+        else:
+            keys.index_copy_(0, rows, pack_window_keys(k, self.num_heads, keys.new_empty(len(rows), *keys.shape[1:])))
+            values.index_copy_(0, rows, pack_window_values(v, self.num_heads,
+                                                           values.new_empty(len(rows), *values.shape[1:])))
 
     def _self_cache_entries(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         return pack_keys(k), pack_values(v)
