@@ -55,6 +55,20 @@ def test_each_rows_output_is_the_same_bits_in_any_company(activations, bits):
         assert torch.equal(int8_linear(other, weight)[4:], together[4:9])
 
 
+def test_a_fused_map_gives_each_of_its_maps_bits(activations):
+    """Query, key and value fused into one Int8Linear (one quantization of the rows, as the int8
+    encoder runs them): each part is the same bits as its own map, at one row and at many."""
+    narrow, _, layer = activations
+    attention = copy.deepcopy(layer.self_attn)
+    alone = [Int8Linear(m) for m in (attention.q_proj, attention.k_proj, attention.v_proj)]
+    quantization.fuse_self_attention(attention)
+    assert not hasattr(attention, "k_proj") and attention.qkv_proj.out_features == 3 * narrow.shape[1]
+    with torch.inference_mode():
+        for x in (narrow, narrow[:1]):
+            for part, own in zip(attention.qkv_proj(x).chunk(3, dim=-1), alone):
+                assert torch.equal(part, own(x))
+
+
 def test_rows_quantize_to_the_levels_of_round_shift_convert(activations):
     """quantize_rows' float-bits shortcut gives round(x * 127 / amax) + 128 with ties to even, on real
     activations, exact halves, the extremes, zero rows and rows of a single value."""
@@ -106,7 +120,8 @@ def test_int8_target_encodes_on_int8_maps_each_window_alone(base):
     assert int8 is not base and load_whisper("base", int8=True) is int8
     encoder = int8.model.model.encoder
     assert all(not isinstance(m, torch.nn.Linear) for m in encoder.modules())
-    assert sum(isinstance(m, Int8Linear) for m in encoder.modules()) == 6 * len(encoder.layers)
+    # per layer: the fused query/key/value map, the output map, fc1, fc2
+    assert sum(isinstance(m, Int8Linear) for m in encoder.modules()) == 4 * len(encoder.layers)
     decoder = int8.model.model.decoder  # only its projections of the encoder outputs: once per window too
     first = decoder.layers[0]
     assert [isinstance(m, Int8Linear) for m in (first.encoder_attn.k_proj, first.encoder_attn.q_proj, first.fc1)] == [

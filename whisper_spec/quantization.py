@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from whisper_spec.memory import release_pages
+from whisper_spec.scalars import scalar
 
 _SHIFT = 128  # activations are stored as uint8 = q + 128 (oneDNN's fast path is u8 x s8)
 _ROUNDING = 1.5 * 2.0**23 + _SHIFT  # see quantize_rows
@@ -100,8 +101,8 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     magnitude = torch.abs(x)
     amax = magnitude.amax(dim=1, keepdim=True).clamp_min_(_TINY)
     # amax.reciprocal() * 127 is what ``127 / amax`` computes, without its Python wrapper
-    levels = torch.mul(x, amax.reciprocal().mul_(127.0), out=magnitude).add_(_ROUNDING)
-    return levels.view(torch.int32).sub_(_ROUNDING_BITS).to(torch.uint8), amax
+    levels = torch.mul(x, amax.reciprocal().mul_(scalar(127.0)), out=magnitude).add_(scalar(_ROUNDING))
+    return levels.view(torch.int32).sub_(scalar(_ROUNDING_BITS, torch.int32)).to(torch.uint8), amax
 
 
 def int8_linear(x: Tensor, weight: Int8Weight) -> Tensor:
@@ -112,18 +113,25 @@ def int8_linear(x: Tensor, weight: Int8Weight) -> Tensor:
     splits the rows (a fused multiply-add could: vector and scalar tails round it differently).
     """
     x_u8, amax = quantize_rows(x)
-    y = _product(x_u8, weight.packed, weight.scale, weight.zero_points).mul_(amax / 127.0)
+    y = _product(x_u8, weight.packed, weight.scale, weight.zero_points).mul_(torch.div(amax, scalar(127.0)))
     return y if weight.bias is None else y.add_(weight.bias)
 
 
 class Int8Linear(nn.Module):
-    """An ``nn.Linear`` run on int8 weights (see the module docstring); the float weight is not kept."""
+    """An ``nn.Linear`` run on int8 weights (see the module docstring), or several fused along the output
+    dimension; the float weights are not kept."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, *linears: nn.Linear):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.int8 = quantize_weight(linear.weight, linear.bias)
-        release_pages([linear.weight])  # a memory-mapped checkpoint's pages go back to the page cache
+        self.in_features = linears[0].in_features
+        self.out_features = sum(linear.out_features for linear in linears)
+        weight = torch.cat([linear.weight.detach() for linear in linears])
+        bias = None
+        if any(linear.bias is not None for linear in linears):  # Whisper's key map has none: zeros
+            bias = torch.cat([linear.bias.detach() if linear.bias is not None
+                              else torch.zeros(linear.out_features, dtype=weight.dtype) for linear in linears])
+        self.int8 = quantize_weight(weight, bias)
+        release_pages([linear.weight for linear in linears])  # a memory-mapped checkpoint's pages go back
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., K] -> [..., N]"""
@@ -144,6 +152,15 @@ def quantize_linears(module: nn.Module, only: tuple[str, ...] | None = None) -> 
             quantize_linears(child)
 
 
+def fuse_self_attention(attention: nn.Module) -> None:
+    """A self-attention's query, key and value maps (``q_proj``, ``k_proj``, ``v_proj``, which read the same
+    rows) become one ``Int8Linear``, ``qkv_proj``: the rows are quantized once, not three times. Each
+    output is the same bits as its own map's: the same row scales and integer sums, the same weight
+    scales per output channel."""
+    attention.qkv_proj = Int8Linear(attention.q_proj, attention.k_proj, attention.v_proj)
+    del attention.q_proj, attention.k_proj, attention.v_proj
+
+
 class Int8Projection:
     """``projection.Projection``'s interface (several linear maps fused along the output dimension, called
     on [n, D_in] rows) on int8 weights, each row of the input quantized with its own scale, so each output
@@ -151,14 +168,8 @@ class Int8Projection:
     its one-token steps. The float weights are not read again."""
 
     def __init__(self, linears):
-        first = linears[0].weight
         self.sizes = [linear.out_features for linear in linears]
-        bias = None
-        if any(linear.bias is not None for linear in linears):
-            bias = torch.cat([linear.bias.detach() if linear.bias is not None
-                              else torch.zeros(linear.out_features, dtype=first.dtype) for linear in linears])
-        self.int8 = quantize_weight(torch.cat([linear.weight.detach() for linear in linears]), bias)
-        release_pages([linear.weight for linear in linears])
+        self.int8 = Int8Linear(*linears).int8
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         """x [n, D_in] float32 -> one [n, D_out_i] tensor per fused linear."""

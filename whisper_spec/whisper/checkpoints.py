@@ -470,6 +470,8 @@ def load_whisper(
             ) from exc
         model, tokenizer, fe, gen = _load_dir(model_dir, device, dtype)
         if int8:
+            for layer in model.model.encoder.layers:
+                quantization.fuse_self_attention(layer.self_attn)
             quantization.quantize_linears(model.model.encoder)
             for layer in model.model.decoder.layers:  # cross-attention keys and values: once per window too
                 quantization.quantize_linears(layer.encoder_attn, only=("k_proj", "v_proj"))
