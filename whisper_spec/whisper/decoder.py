@@ -152,7 +152,10 @@ class CachedWhisperDecoder(nn.Module):
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         whole = rows == list(range(self._cross_k[0].shape[0]))
         for i, layer in enumerate(self.layers):
-            self._store_cross(i, None if whole else index, *layer.encoder_attn.key_values(encoder_hidden))
+            # k_proj and v_proj by name: the decoder may be transformers' own, which has no fused map
+            attention = layer.encoder_attn
+            self._store_cross(i, None if whole else index, attention.k_proj(encoder_hidden),
+                              attention.v_proj(encoder_hidden))
         if self.hidden_states is not None:
             self.hidden_states[index] = 0
 
