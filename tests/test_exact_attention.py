@@ -42,7 +42,7 @@ def _packed_window_keys(k):
 
 def _packed_window_values(v):
     b, heads, frames, dim = v.shape
-    return pack_window_values(_merged(v), heads, torch.empty(b, heads, dim, frames + 1, dtype=torch.float64))
+    return pack_window_values(_merged(v), heads, torch.empty(b, heads, frames + 1, dim, dtype=torch.float64))
 
 
 def test_window_packing_gives_per_key_and_per_channel_grids():
@@ -51,11 +51,11 @@ def test_window_packing_gives_per_key_and_per_channel_grids():
     k, v, _, _ = _window(batch=2, frames=300)
     assert torch.equal(_packed_window_keys(k), pack_keys(k).transpose(-1, -2))
     packed = _packed_window_values(v)
-    ints, scale = packed[..., :-1], packed[..., -1:]
+    ints, scale = packed[..., :-1, :], packed[..., -1:, :]
     assert torch.equal(ints, ints.round()) and int(ints.abs().amax()) == exact_attention._VALUE_LEVELS
-    assert torch.equal(ints.abs().amax(dim=-1), torch.full(scale.shape[:-1], float(exact_attention._VALUE_LEVELS),
-                                                           dtype=torch.float64))
-    assert (ints * scale - v.double().transpose(-1, -2)).abs().max() <= scale.max() / 2 * (1 + 1e-9)
+    assert torch.equal(ints.abs().amax(dim=-2), torch.full(scale.shape[:-2] + scale.shape[-1:],
+                                                           float(exact_attention._VALUE_LEVELS), dtype=torch.float64))
+    assert (ints * scale - v.double()).abs().max() <= scale.max() / 2 * (1 + 1e-9)
 
 
 def test_a_windows_queries_get_the_same_bits_alone_in_a_pass_or_in_a_batch():

@@ -35,7 +35,7 @@ class Int8WhisperDecoder(CachedWhisperDecoder):
 
     Its caches hold keys and values packed by ``exact_attention`` (integers and their scales); the window's
     cross-attention keys are kept transposed, [b, H, Dh + 1, S], which its products read faster, and its
-    values with a scale per channel, [b, H, Dh, S + 1].
+    values with a scale per channel, [b, H, S + 1, Dh].
     CPU only (int8 kernels), and no fixed-shape steps (those serve CUDA graphs).
     """
 
@@ -49,7 +49,7 @@ class Int8WhisperDecoder(CachedWhisperDecoder):
     def _cache_specs(self, batch: int, frames: int) -> list[tuple[torch.Size, torch.dtype]]:
         own = torch.Size((batch, self.num_heads, self.max_positions + 1, self.head_dim + 1))
         cross_keys = torch.Size((batch, self.num_heads, self.head_dim + 1, frames))
-        cross_values = torch.Size((batch, self.num_heads, self.head_dim, frames + 1))
+        cross_values = torch.Size((batch, self.num_heads, frames + 1, self.head_dim))
         return [(own, torch.float32), (own, torch.float64), (cross_keys, torch.float32), (cross_values, torch.float64)]
 
     def _store_cross(self, i: int, rows: Tensor | None, k: Tensor, v: Tensor) -> None:
