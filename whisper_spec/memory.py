@@ -1,10 +1,17 @@
-"""Resident memory: unmapping the pages of memory-mapped weights that nothing reads any more.
+"""Resident memory: unmapping the pages of memory-mapped weights that nothing reads any more, and keeping
+freed memory for the next tensor instead of faulting fresh pages in.
 
 A checkpoint's weights are memory-mapped from its safetensors file (``whisper.checkpoints``), so they cost
 resident memory only where they are read. Some are read once and then live on in another form (a linear
 map's oneDNN-packed or int8 copy, a draft's gathered rows): their pages can leave the process. They stay
 in the kernel's page cache, so a later read (word alignment, a layer-subset draft) maps them again from
 there without touching the disk.
+
+A pass over a window allocates and frees activations of several MiB each (an encoder layer's MLP input is
+1500 x 2048 float32, 12 MiB). glibc hands a freed block that large back to the kernel, and the next
+tensor's memory comes back as fresh zeroed pages, each faulted in on first touch: tens of thousands of
+page faults per encoder call, a fifth of its time on a 2-core machine (measurements-behind-the-defaults.md).
+``reuse_freed_memory`` keeps such blocks in the process instead.
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ from collections.abc import Iterable
 import numpy as np
 from torch import Tensor
 
-__all__ = ["release_pages", "trim_heap"]
+__all__ = ["release_pages", "reuse_freed_memory", "trim_heap"]
 
 _MADV_DONTNEED = 4
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest value glibc accepts on 64-bit systems
+_NEVER_TRIM = 2**31 - 1
 
 
 @functools.cache
@@ -86,3 +97,20 @@ def trim_heap() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # another C library (musl): nothing to trim
             pass
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to 32 MiB for reuse (``mallopt``): allocations that size come from
+    the heap, not from a new mapping, and the heap's free top is not handed back while the process runs
+    (``trim_heap`` still does so on demand). The peak resident memory stays what the largest pass needs;
+    it is not given back between passes. Both settings are needed: fixing either one alone stops glibc
+    from raising the other as it goes, and was slower than neither. Returns whether both were set
+    (False off glibc); once per process."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library (musl): its allocator is left as it is
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))

@@ -22,6 +22,7 @@ import torch
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.compute_types import resolve_compute_type
 from whisper_spec.draft_specs import resolve_draft
+from whisper_spec.memory import reuse_freed_memory
 from whisper_spec.presets import DEFAULT, resolve_models
 from whisper_spec.transcription import SegmentStream, TranscribeOptions, Transcription
 from whisper_spec.whisper.checkpoints import WhisperCheckpoint, load_whisper
@@ -67,6 +68,8 @@ class WhisperModel:
         """
         self.target, self.draft = resolve_models(preset, target, draft)
         self.device = device
+        if torch.device(device).type == "cpu":
+            reuse_freed_memory()  # a window's activations would otherwise fault in fresh pages every pass
         self.compute_type = resolve_compute_type(compute_type, device)
         self.dtype = dtype or self.compute_type.dtype
         self.static_steps = cuda_graphs and torch.device(device).type == "cuda"
