@@ -37,10 +37,18 @@ _NEVER_TRIM = 2**31 - 1
 
 
 @functools.cache
-def _madvise():
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, or None off Linux or under another C library (musl), whose allocator is left as it is."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    if not (hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")):  # glibc's own functions
+        return None
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc.madvise
+    return libc
 
 
 def _file_mappings() -> list[tuple[int, int]]:
@@ -71,7 +79,7 @@ def release_pages(tensors: Iterable[Tensor]) -> None:
     (a memory-mapped checkpoint); a later read maps them again from the page cache, with the same contents.
     Any other memory (a tensor that was copied, cast, moved or written to) is left as it is, as is
     everything off Linux."""
-    if not sys.platform.startswith("linux"):
+    if _glibc() is None:
         return
     spans = None
     for tensor in tensors:
@@ -85,18 +93,15 @@ def release_pages(tensors: Iterable[Tensor]) -> None:
         spans = _file_mappings() if spans is None else spans
         i = bisect.bisect_right(spans, (start, float("inf"))) - 1
         if i >= 0 and spans[i][0] <= start and end <= spans[i][1] and _unmodified(start, end):
-            _madvise()(start, end - start, _MADV_DONTNEED)
+            _glibc().madvise(start, end - start, _MADV_DONTNEED)
 
 
 def trim_heap() -> None:
     """Return the heap's free memory to the kernel (glibc ``malloc_trim``): loading builds and frees large
     temporaries (fused and packed weights) that the allocator would otherwise keep resident. A no-op
     elsewhere."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # another C library (musl): nothing to trim
-            pass
+    if _glibc() is not None:
+        _glibc().malloc_trim(0)
 
 
 @functools.cache
@@ -107,10 +112,8 @@ def reuse_freed_memory() -> bool:
     it is not given back between passes. Both settings are needed: fixing either one alone stops glibc
     from raising the other as it goes, and was slower than neither. Returns whether both were set
     (False off glibc); once per process."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # another C library (musl): its allocator is left as it is
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                             _NEVER_TRIM))
