@@ -105,10 +105,6 @@ class WhisperAttention(nn.Module):
         """[B, T, D] -> [B, H, T, Dh]"""
         return x.view(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
 
-    def key_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
-        """source [B, S, D] -> its keys and values, [B, S, D] each (not yet split into heads)."""
-        return self.k_proj(source), self.v_proj(source)
-
     def forward(self, x: Tensor, source: Tensor | None = None, causal: bool = False) -> Tensor:
         """x [B, T, D] attending to ``source`` [B, S, D] (default: itself) -> [B, T, D].
 
@@ -118,7 +114,8 @@ class WhisperAttention(nn.Module):
         if source is None and "qkv_proj" in self._modules:
             q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
         else:
-            q, (k, v) = self.q_proj(x), self.key_values(x if source is None else source)
+            source = x if source is None else source
+            q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
         q, k, v = self._heads(q * self.scaling), self._heads(k), self._heads(v)
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0, is_causal=causal and x.shape[1] > 1)
         return self.out_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1).contiguous())
