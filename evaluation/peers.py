@@ -17,6 +17,10 @@ why, and the evaluation reports that file as not supported for that peer.
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +55,7 @@ class PeerOutput:
     text: str
     target_calls: int  # forward passes of the target's decoder
     draft_calls: int  # forward passes of the assistant's decoder (0 without one)
+    seconds: float | None = None  # the engine's own time for the call, where it runs in another process
 
 
 class _CallCounter:
@@ -155,35 +160,75 @@ class TransformersPeer:
 class FasterWhisperPeer:
     """faster-whisper's ``WhisperModel.transcribe``, greedy (beam 1, temperature 0 without fallback), no VAD:
     one window without timestamps or previous text, as ours decodes a file of one window; longer files
-    through its long-form algorithm with timestamps, previous text and ours' thresholds."""
+    through its long-form algorithm with timestamps, previous text and ours' thresholds.
+
+    It runs in a worker process of its own (``evaluation.faster_whisper_worker``, which says why), as users
+    run it: loaded beside torch, CTranslate2 slows every later torch call of the process. The worker times
+    each call itself, so ``PeerOutput.seconds`` is faster-whisper's time from samples to text, without the
+    pipe. ``close`` (or the object's end) stops the worker.
+    """
 
     def __init__(self, target: str, compute_type: str = "int8", *, threads: int | None = None):
-        try:
-            from faster_whisper import WhisperModel as FasterWhisperModel
-        except ImportError as error:
-            raise UnsupportedPairError("faster-whisper is not installed (pip install -e '.[eval]')") from error
         from whisper_spec.whisper.checkpoints import bundle_ctranslate2_dir, bundled_models
 
         folder = bundle_ctranslate2_dir(target) if target in bundled_models() else target
         self.compute_type = compute_type
+        self._worker = subprocess.Popen([sys.executable, "-m", "evaluation.faster_whisper_worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._close = weakref.finalize(self, _stop_worker, self._worker)
+        status, detail = self._ask("load", str(folder), compute_type, threads or torch.get_num_threads())
+        if status == "missing":
+            self.close()
+            raise UnsupportedPairError(f"faster-whisper is not installed (pip install -e '.[eval]'): {detail}")
+        if status == "refused":  # CTranslate2 refuses a compute type it does not know or support here
+            self.close()
+            raise UnsupportedPairError(f"faster-whisper cannot run {target!r} at {compute_type!r}: {detail}")
+        self._check(status, detail, f"loading {folder}")
+
+    def _ask(self, *request) -> tuple[str, object]:
+        if self._worker.poll() is not None:
+            raise RuntimeError(f"faster-whisper's worker process exited with status {self._worker.returncode}")
+        pickle.dump(request, self._worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self._worker.stdin.flush()
         try:
-            self.model = FasterWhisperModel(str(folder), device="cpu", compute_type=compute_type,
-                                            cpu_threads=threads or torch.get_num_threads())
-        except ValueError as error:  # CTranslate2 refuses a compute type it does not know or support here
-            raise UnsupportedPairError(f"faster-whisper cannot run {target!r} at {compute_type!r}: {error}") from error
-        self.specials = frozenset(self.model.hf_tokenizer.token_to_id(t) for t in ("<|endoftext|>",))
+            return pickle.load(self._worker.stdout)
+        except EOFError:
+            raise RuntimeError(f"faster-whisper's worker process ended during {request[0]!r} "
+                               f"(status {self._worker.wait()})") from None
+
+    @staticmethod
+    def _check(status: str, value, doing: str):
+        if status != "ok":
+            raise RuntimeError(f"faster-whisper failed {doing}: {value}")
+        return value
+
+    def _options(self, samples: np.ndarray) -> dict:
+        if is_longform(samples):
+            return dict(condition_on_previous_text=LONGFORM.condition_on_previous_text, without_timestamps=False,
+                        no_speech_threshold=LONGFORM.no_speech_threshold, log_prob_threshold=LONGFORM.logprob_threshold,
+                        compression_ratio_threshold=LONGFORM.compression_ratio_threshold)
+        return dict(condition_on_previous_text=False, without_timestamps=True, no_speech_threshold=None,
+                    log_prob_threshold=None, compression_ratio_threshold=None)
 
     def transcribe(self, samples: np.ndarray, language: str | None) -> PeerOutput:
-        if is_longform(samples):
-            thresholds = dict(condition_on_previous_text=LONGFORM.condition_on_previous_text,
-                              without_timestamps=False, no_speech_threshold=LONGFORM.no_speech_threshold,
-                              log_prob_threshold=LONGFORM.logprob_threshold,
-                              compression_ratio_threshold=LONGFORM.compression_ratio_threshold)
-        else:
-            thresholds = dict(condition_on_previous_text=False, without_timestamps=True, no_speech_threshold=None,
-                              log_prob_threshold=None, compression_ratio_threshold=None)
-        segments, _ = self.model.transcribe(samples, language=language, beam_size=1, best_of=1, temperature=[0.0],
-                                            vad_filter=False, **thresholds)
-        segments = list(segments)  # a lazy generator: the decoding happens here
-        tokens = tuple(t for s in segments for t in s.tokens if t not in self.specials)
-        return PeerOutput(tokens, "".join(s.text for s in segments).strip(), 0, 0)
+        tokens, text, seconds = self._check(*self._ask("transcribe", samples, language, self._options(samples)),
+                                            "to transcribe")
+        return PeerOutput(tokens, text, 0, 0, seconds)
+
+    def peak_memory(self, samples: np.ndarray, language: str | None) -> int:
+        """Bytes: the growth of the worker's resident memory during one more, untimed call."""
+        return self._check(*self._ask("memory", samples, language, self._options(samples)), "to transcribe")
+
+    def close(self) -> None:
+        self._close()
+
+
+def _stop_worker(worker: subprocess.Popen) -> None:
+    """End of input stops the worker; one that does not stop is killed."""
+    if worker.poll() is None:
+        worker.stdin.close()
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -19,16 +19,16 @@ Timing discipline: every configuration is loaded, then warmed up on the first fi
 is read; the timed calls are interleaved file by file (the order of configurations rotates from file to
 file), so that a burst of load on a shared machine hits all configurations alike; with repeats, the
 median time of a (file, configuration) is kept. On a GPU the clock is read after synchronising.
+faster-whisper decodes in a worker process of its own and reads its own clock there (loaded beside
+torch, CTranslate2 would slow ours: see ``evaluation.faster_whisper_worker``); ours and transformers
+share this process and its torch.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ from evaluation.peers import (
     UnsupportedPairError,
     is_longform,
 )
+from evaluation.resident_memory import ResidentPeak
 from whisper_spec.audio import SAMPLE_RATE, AudioLoadError, load_audio
 from whisper_spec.compute_types import compute_dtype, resolve_compute_type
 from whisper_spec.core.stats import synchronize
@@ -66,7 +67,6 @@ DEFAULT_CONFIGURATIONS = (
     "faster-whisper:base@int8",  # the CPU peer, at the compute type its users pick ...
     "faster-whisper:base@float32",  # ... and at ours
 )
-_RSS_SAMPLE_SECONDS = 0.002  # how often the CPU memory probe reads the resident set size
 FASTER_WHISPER_COMPUTE_TYPE = "int8"  # faster-whisper's CPU users' choice, when a configuration names none
 
 
@@ -225,6 +225,7 @@ class _Output:
     drafted: int = 0
     accepted: int = 0
     rescored: int = 0
+    seconds: float | None = None  # the engine's own clock, where it decodes in another process
 
 
 class _OursRunner:
@@ -273,36 +274,44 @@ class _PeerRunner:
 
 
 class _FasterWhisperRunner:
+    """faster-whisper in its own worker process (see ``evaluation.faster_whisper_worker``): it times its calls
+    and measures its memory there."""
+
     def __init__(self, configuration: Configuration, options: EvalOptions):
         if configuration.resolved_compute_type(options) == "int8_encoder":
             raise UnsupportedPairError(f"{configuration.name}: int8_encoder is ours alone (faster-whisper: int8)")
         self.peer = FasterWhisperPeer(configuration.target, configuration.resolved_compute_type(options),
                                       threads=options.threads)
-        self.models = []  # CTranslate2 holds its weights outside torch
+        self.models = []  # CTranslate2 holds its weights outside torch, in another process
 
     def __call__(self, samples: np.ndarray, language: str | None) -> _Output:
         out = self.peer.transcribe(samples, language)
-        return _Output(out.tokens, out.text, out.target_calls, out.draft_calls)
+        return _Output(out.tokens, out.text, out.target_calls, out.draft_calls, seconds=out.seconds)
+
+    def peak_memory(self, samples: np.ndarray, language: str | None) -> int:
+        return self.peer.peak_memory(samples, language)
+
+    def close(self) -> None:
+        self.peer.close()
 
 
 class MemoryProbe:
     """Peak memory of the work inside ``with``: on CUDA the allocator's peak; on CPU the largest growth of
-    the process's resident set above its level at entry, sampled by a thread (weights already loaded
-    are not counted: ``ConfigurationStatus.weight_bytes`` has them)."""
+    the process's resident set above its level at entry (``evaluation.resident_memory.ResidentPeak``;
+    weights already loaded are not counted: ``ConfigurationStatus.weight_bytes`` has them)."""
 
     def __init__(self, device: str, enabled: bool = True):
         self.cuda = torch.device(device).type == "cuda"
         self.enabled = enabled
         self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._resident: ResidentPeak | None = None
 
     @staticmethod
     def describe(device: str) -> str:
         if torch.device(device).type == "cuda":
             return "torch.cuda.max_memory_allocated during the call"
-        return ("growth of the process's resident memory during one more, untimed call (sampled every 2 ms; "
-                "weights excluded)")
+        return ("growth of the resident memory of the process that decodes (faster-whisper: its own worker "
+                "process) during one more, untimed call (sampled every 2 ms; weights excluded)")
 
     def __enter__(self) -> MemoryProbe:
         if not self.enabled:
@@ -310,16 +319,8 @@ class MemoryProbe:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
-            _return_free_memory()
-            self._start = _resident_bytes()
-            self._peak = self._start
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self._resident = ResidentPeak().__enter__()
         return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(_RSS_SAMPLE_SECONDS):
-            self._peak = max(self._peak, _resident_bytes())
 
     def __exit__(self, *exc) -> None:
         if not self.enabled:
@@ -327,24 +328,8 @@ class MemoryProbe:
         if self.cuda:
             self.peak_bytes = torch.cuda.max_memory_allocated()
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self._peak, _resident_bytes()) - self._start
-
-
-def _return_free_memory() -> None:
-    """Hand freed heap pages back to the system (glibc keeps them), so that resident memory at the start
-    of a call does not already include room left over from an earlier call, which would hide its growth."""
-    name = ctypes.util.find_library("c")
-    if name:
-        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            self._resident.__exit__(*exc)
+            self.peak_bytes = self._resident.bytes
 
 
 def _weight_bytes(models: Sequence[torch.nn.Module]) -> int:
@@ -420,25 +405,30 @@ def run_evaluation(
         statuses.append(ConfigurationStatus(configuration, True, None, compute_type, time.perf_counter() - began,
                                             _weight_bytes(runner.models)))
 
-    if options.warmup:
-        file_id, entry, samples = files[0]
-        for name, runner in runners.items():
-            try:
-                runner(samples, entry.language)
-            except UnsupportedFileError:
-                pass  # recorded when the file is timed
-            if on_step:
-                on_step(f"warm-up {name}")
+    try:
+        if options.warmup:
+            file_id, entry, samples = files[0]
+            for name, runner in runners.items():
+                try:
+                    runner(samples, entry.language)
+                except UnsupportedFileError:
+                    pass  # recorded when the file is timed
+                if on_step:
+                    on_step(f"warm-up {name}")
 
-    order = list(runners)
-    records = []
-    for position, (file_id, entry, samples) in enumerate(files):
-        rotated = order[position % len(order):] + order[: position % len(order)]
-        for name in rotated:
-            try:
-                records.append(_timed(name, runners[name], file_id, entry, samples, options, on_step))
-            except UnsupportedFileError as error:
-                skipped.append(SkippedFile(file_id, str(error), name, samples.size / SAMPLE_RATE, entry.source))
+        order = list(runners)
+        records = []
+        for position, (file_id, entry, samples) in enumerate(files):
+            rotated = order[position % len(order):] + order[: position % len(order)]
+            for name in rotated:
+                try:
+                    records.append(_timed(name, runners[name], file_id, entry, samples, options, on_step))
+                except UnsupportedFileError as error:
+                    skipped.append(SkippedFile(file_id, str(error), name, samples.size / SAMPLE_RATE, entry.source))
+    finally:
+        for runner in runners.values():
+            if hasattr(runner, "close"):  # an engine in a worker process of its own
+                runner.close()
 
     environment = RunEnvironment(
         device=options.device, dtype=str(options.resolved_dtype).removeprefix("torch."),
@@ -459,11 +449,13 @@ def _timed(name, runner, file_id, entry, samples, options: EvalOptions, on_step)
         start = time.perf_counter()
         output = runner(samples, entry.language)
         synchronize(options.device)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(output.seconds if output.seconds is not None else time.perf_counter() - start)
         if on_step:
             on_step(f"{name} {file_id}")
     peaks = [0]
-    if options.measure_memory:
+    if options.measure_memory and hasattr(runner, "peak_memory"):  # an engine in a process of its own
+        peaks.append(runner.peak_memory(samples, entry.language))
+    elif options.measure_memory:
         with MemoryProbe(options.device, True) as probe:
             runner(samples, entry.language)
         peaks.append(probe.peak_bytes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,11 @@ import torch
 
 from evaluation.gpu_timing import TimingOptions, run_timing, timing_table
 from evaluation.manifests import librivox_manifest, longform_manifest, write_manifest
+from evaluation.metrics import word_errors
+from evaluation.peers import FasterWhisperPeer, UnsupportedPairError
 from evaluation.report import DURATION_GROUPS, EXPOSURE_GROUPS, duration_group, first_divergence
 from evaluation.run import Configuration, EvalOptions, MemoryProbe
+from whisper_spec.audio import load_audio
 from whisper_spec.cli import build_parser, main
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -86,6 +90,26 @@ def test_memory_probe_sees_an_allocation_made_inside_it():
     with MemoryProbe("cpu") as idle:
         pass
     assert idle.peak_bytes < 16 * 2**20
+
+
+def test_faster_whisper_decodes_in_a_process_of_its_own():
+    """Loaded beside torch, CTranslate2 joins torch's OpenMP runtime and slows every later torch call of the
+    process (evaluation.faster_whisper_worker): the peer runs in a worker, and this process never loads it."""
+    if not (LIBRIVOX / "transcription").is_file():
+        pytest.skip("needs the Debian package pocketsphinx-testdata")
+    clip = librivox_manifest()[0]
+    samples = load_audio(clip.audio)
+    peer = FasterWhisperPeer("base", "int8", threads=2)
+    try:
+        out = peer.transcribe(samples, "en")
+        assert word_errors(clip.text, out.text).rate < 0.2 and out.tokens and 0 < out.seconds
+        assert peer.peak_memory(samples, "en") > 0  # the worker's own resident memory grew while decoding
+    finally:
+        peer.close()
+    assert peer._worker.returncode == 0  # end of input stopped it
+    assert "ctranslate2" not in sys.modules and "faster_whisper" not in sys.modules
+    with pytest.raises(UnsupportedPairError, match="cannot run 'base' at 'int3'"):
+        FasterWhisperPeer("base", "int3")  # CTranslate2's refusal, reported as an unsupported configuration
 
 
 def test_every_eval_option_has_a_help_sentence():
