@@ -182,7 +182,9 @@ class WhisperEncoder(nn.Module):
             raise ValueError(f"the encoder takes {frames} mel frames (30 s), got {features.shape[-1]}")
         if self.one_window_per_call and features.shape[0] > 1:
             return torch.cat([self(window[None]) for window in features])
-        x = F.gelu(self.conv2(F.gelu(self.conv1(features)))).permute(0, 2, 1)
+        # frames made contiguous first: an add takes its first input's layout, and a transposed residual
+        # stream would make every later add and layer norm run strided (the same bits either way)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(features)))).permute(0, 2, 1).contiguous()
         x = x + self.embed_positions.weight
         for layer in self.layers:
             x = layer(x)
