@@ -137,6 +137,35 @@ def test_int8_target_encodes_on_int8_maps_each_window_alone(base):
     assert (alone - reference).norm() / reference.norm() < 0.1
 
 
+@pytest.mark.parametrize("attention", [torch.float32, torch.bfloat16])
+def test_int8_encoder_attention_in_either_dtype_keeps_speculation_lossless(base, attention):
+    """The int8 encoder's attention runs in bfloat16 on CPUs with AMX, else float32
+    (``quantization.encoder_attention_dtype``); both are forced here, whatever this CPU has: the encoding
+    stays near float32's and independent of its batch, and int8 speculation equals int8 greedy."""
+    from whisper_spec.model import WhisperModel
+
+    speculative = WhisperModel("base", compute_type="int8")
+    greedy = speculative.with_draft(None)
+    encoder = speculative.checkpoint.model.model.encoder
+    assert {layer.self_attn.attention_dtype for layer in encoder.layers} == {quantization.encoder_attention_dtype()}
+    clips = [load_audio(p) for p in sorted(LIBRIVOX.glob("*.wav"))[:3]]
+    try:
+        for layer in encoder.layers:
+            layer.self_attn.attention_dtype = attention
+        with torch.inference_mode():
+            together = encoder(base.feature_extractor(clips[:2]))
+            alone = encoder(base.feature_extractor(clips[1:2]))
+            reference = base.model.model.encoder(base.feature_extractor(clips[1:2]))
+        assert torch.equal(together[1:], alone)
+        assert (alone - reference).norm() / reference.norm() < 0.1
+        for clip in clips:
+            ours = speculative.transcribe(clip, language="en")
+            assert ours.tokens == greedy.transcribe(clip, language="en").tokens and len(ours.text.split()) > 3
+    finally:
+        for layer in encoder.layers:
+            layer.self_attn.attention_dtype = quantization.encoder_attention_dtype()
+
+
 def test_int8_compute_type_resolves_on_a_cpu_only():
     resolved = resolve_compute_type("int8", "cpu")
     assert resolved.int8 and resolved.dtype == torch.float32 and resolved.name == "int8"

@@ -78,6 +78,18 @@ def weight_bits() -> int:
     return 8
 
 
+def encoder_attention_dtype() -> torch.dtype:
+    """The dtype an int8 encoder's attention runs in: bfloat16 on a CPU with AMX tiles, else float32.
+
+    With its linear maps on int8, about half of an int8 encoder's time is attention over 1500 frames, which
+    float32 computes on the vector units; where AMX multiplies bfloat16 tiles, torch's flash attention runs
+    it in a third of the time (measurements-behind-the-defaults.md). Elsewhere (AVX-512 BF16 alone, or
+    emulated bfloat16) it was slower than float32, so it stays float32. The choice is fixed per machine, not
+    timed, so a machine always gives the same transcript; each window is still encoded alone.
+    """
+    return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32
+
+
 def quantize_weight(weight: Tensor, bias: Tensor | None = None, bits: int | None = None) -> Int8Weight:
     """weight [N, K] (and bias [N]) -> ``Int8Weight`` with ``bits``-bit values (default ``weight_bits()``)."""
     limit = 2 ** ((bits or weight_bits()) - 1) - 1

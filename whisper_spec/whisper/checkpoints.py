@@ -430,8 +430,9 @@ def load_whisper(
         dtype: model parameter dtype (weights are converted losslessly to float32 on disk first).
         int8: run the encoder's linear maps, and the decoder's projections of its outputs to cross-attention
             keys and values, on int8 weights (``whisper_spec.quantization``; CPU, float32), each window
-            encoded alone; the decoder's other maps stay float32 here (``whisper.int8_decoder`` quantizes
-            them for the int8 compute type, see ``compute_types``). A model of its own, whose float weights
+            encoded alone, the encoder's attention in ``quantization.encoder_attention_dtype()``; the
+            decoder's other maps stay float32 here (``whisper.int8_decoder`` quantizes them for the int8
+            compute type, see ``compute_types``). A model of its own, whose float weights
             stay memory-mapped.
 
     Returns:
@@ -472,6 +473,7 @@ def load_whisper(
         if int8:
             for layer in model.model.encoder.layers:
                 quantization.fuse_self_attention(layer.self_attn)
+                layer.self_attn.attention_dtype = quantization.encoder_attention_dtype()
             quantization.quantize_linears(model.model.encoder)
             for layer in model.model.decoder.layers:  # cross-attention keys and values: once per window too
                 quantization.quantize_linears(layer.encoder_attn, only=("k_proj", "v_proj"))

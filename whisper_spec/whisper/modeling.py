@@ -100,6 +100,9 @@ class WhisperAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model, bias=False)
         self.v_proj = Linear(d_model, d_model)
         self.out_proj = Linear(d_model, d_model)
+        # the dtype the attention itself (scores, softmax, weighted sum) runs in; None: the activations'
+        # (an int8 encoder may run it in bfloat16, see ``quantization.encoder_attention_dtype``)
+        self.attention_dtype: torch.dtype | None = None
 
     def _heads(self, x: Tensor) -> Tensor:
         """[B, T, D] -> [B, H, T, Dh]"""
@@ -117,7 +120,9 @@ class WhisperAttention(nn.Module):
             source = x if source is None else source
             q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
         q, k, v = self._heads(q * self.scaling), self._heads(k), self._heads(v)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0, is_causal=causal and x.shape[1] > 1)
+        if self.attention_dtype is not None:
+            q, k, v = q.to(self.attention_dtype), k.to(self.attention_dtype), v.to(self.attention_dtype)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0, is_causal=causal and x.shape[1] > 1).to(x.dtype)
         return self.out_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1).contiguous())
 
 
