@@ -385,7 +385,8 @@ def _markdown(run: EvalRun, report: Report, command: str | None, timing, paths: 
         out += ["```", command, "```", ""]
     out += [f"{files} files ({audio:.0f} s of audio) from {', '.join(run.manifest_names) or 'the given manifests'}; "
             f"device {env.device} ({env.dtype}), torch {env.torch_version}, {env.torch_threads} threads on "
-            f"{env.cpu_count} CPUs; started {env.started_utc}, {env.wall_seconds:.0f} s in all. "
+            f"{env.cpu_count} CPUs{f' ({env.cpu})' if env.cpu else ''}; started {env.started_utc}, "
+            f"{env.wall_seconds:.0f} s in all. "
             f"Timed calls: {run.options.repeats} per file and configuration (median kept), interleaved, after a "
             f"warm-up. Latency is samples in, text out. Peak memory: {env.memory_measure}. Files of one 30-s "
             f"window are decoded as one plain window by every engine; longer ones by each engine's long-form "

@@ -203,6 +203,7 @@ class RunEnvironment:
     memory_measure: str  # what peak_memory_bytes means on this device
     started_utc: str
     wall_seconds: float
+    cpu: str = ""  # the CPU's model and the instruction sets the kernels choose by (see cpu_description)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,26 @@ class MemoryProbe:
             self.peak_bytes = self._resident.bytes
 
 
+def cpu_description() -> str:
+    """The CPU's model name and which of the instruction sets that change our kernels' choices it has
+    (AVX-512, AVX-512 VNNI and BF16, AMX): results of the same command differ from machine to machine."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    named = {"avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX"}
+    present = [name for flag, name in named.items() if flag in flags]
+    return f"{model} ({', '.join(present)})" if present else model
+
+
 def _weight_bytes(models: Sequence[torch.nn.Module]) -> int:
     seen: dict[int, int] = {}
     for model in models:
@@ -434,7 +455,7 @@ def run_evaluation(
         device=options.device, dtype=str(options.resolved_dtype).removeprefix("torch."),
         torch_version=torch.__version__, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count() or 0,
         platform=platform.platform(), memory_measure=MemoryProbe.describe(options.device),
-        started_utc=started_utc, wall_seconds=time.perf_counter() - run_started)
+        started_utc=started_utc, wall_seconds=time.perf_counter() - run_started, cpu=cpu_description())
     ordered = sorted(records, key=lambda r: (names.index(r.configuration), r.file_id))
     return EvalRun(options, environment, tuple(statuses), tuple(ordered), tuple(skipped), tuple(manifest_names))
 

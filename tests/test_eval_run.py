@@ -153,6 +153,7 @@ def test_end_to_end_report_files(eval_report):
     assert "| ours:base+layers:0,5 | float32 |" in markdown and "Fastest:" in markdown
     assert "## By duration" in markdown and "| over 30 s (long-form) | ours:base+layers:0,5 | float32 | 1 |" in markdown
     assert "## Speech the shipped draft never saw" in markdown and "x faster-whisper:base@int8" in markdown
+    assert report["environment"]["cpu"] and f"({report['environment']['cpu']})" in markdown  # results are per machine
 
 
 def test_end_to_end_parity_wer_and_speed_numbers(eval_report):
