@@ -17,6 +17,7 @@ import queue
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -46,6 +47,19 @@ class Source(str, Enum):
 
     DRAFT = "accepted draft token"
     TARGET = "target's own token"
+
+
+# Every torch call of the page runs on this one thread, never on the main thread or Gradio's handler threads.
+# libgomp gives each thread that starts a parallel region a team of workers of its own, and once a process
+# holds more of them than CPUs, its workers stop spinning between regions and every parallel operation
+# pays a wake-up: a 7-s clip loaded on the main thread and transcribed on another took 0.80 s against
+# 0.62 s with both on one thread (measurements-behind-the-defaults.md).
+TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+
+
+def on_torch_thread(function: Callable, *args, **kwargs):
+    """``function(*args, **kwargs)`` run on ``TORCH_THREAD``; its result, or its exception raised here."""
+    return TORCH_THREAD.submit(function, *args, **kwargs).result()
 
 
 COLORS = {Source.DRAFT.value: "#2e9e5b", Source.TARGET.value: "#e8912d"}  # green: accepted, orange: target's own
@@ -232,7 +246,7 @@ EMPTY_SPEECH_OUTPUTS = ("", "", "", "", "", None, "", None, [], None)  # everyth
 def run_speech(audio_path: str | None, preset: str, config: DemoConfig, models: SpeechModels, downloads: Path):
     """The Transcribe button: every output of the speech tab, or a friendly message and empty outputs."""
     try:
-        comparison = compare(checked_audio(audio_path, config), preset, models)
+        comparison = on_torch_thread(compare, checked_audio(audio_path, config), preset, models)
     except UserError as error:
         return (f"⚠️ {error}",) + EMPTY_SPEECH_OUTPUTS
     except Exception:  # the page must keep serving; the traceback goes to the server log
@@ -253,7 +267,7 @@ def run_speech(audio_path: str | None, preset: str, config: DemoConfig, models: 
 # ---- the text tab: a chat prompt through generate(), with a draft and without -----------------------------
 
 def _streamed(run: Callable[[Callable[[str], None]], Generation]) -> Iterator[str | Generation]:
-    """Run ``run(on_text)`` in a worker thread; yield each text piece as it arrives, then the result."""
+    """Run ``run(on_text)`` on the torch thread; yield each text piece as it arrives, then the result."""
     pieces: queue.Queue = queue.Queue()
     outcome: list[Generation | BaseException] = []
 
@@ -265,7 +279,7 @@ def _streamed(run: Callable[[Callable[[str], None]], Generation]) -> Iterator[st
         finally:
             pieces.put(None)
 
-    threading.Thread(target=work, daemon=True).start()
+    TORCH_THREAD.submit(work)
     while (piece := pieces.get()) is not None:
         yield piece
     if isinstance(outcome[0], BaseException):
@@ -423,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        on_torch_thread(torch.set_num_threads, args.threads)
     config = DemoConfig(max_audio_seconds=args.max_audio_seconds, concurrency_limit=args.concurrency,
                         max_queue=args.max_queue, default_preset=args.preset,
                         default_text_model=args.text_model, device=args.device,
@@ -431,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     models = SpeechModels(config.device, config.compute_type)
     if not args.no_warm_up:  # before the first visitor, so that the first timings are fair
         log.info("loading the models of preset %s", config.default_preset)
-        models.pair(config.default_preset)
+        on_torch_thread(models.pair, config.default_preset)
     build_app(config, models).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=False,
                              quiet=True, footer_links=[], css=CSS)
 
