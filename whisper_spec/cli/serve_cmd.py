@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"whisper-spec serve: {model.target} + {model.draft or 'no draft'} on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
     http.start()
-    batcher.run()  # decoding on the main thread: torch's CPU kernels run faster there
+    # decoding on the thread that loaded the model: torch work spread over two threads gets two OpenMP
+    # teams, more workers than CPUs, and slower parallel operations (measurements-behind-the-defaults.md)
+    batcher.run()
     http.join()
     return 0 if server.started else 1
