@@ -229,10 +229,25 @@ class _Output:
     seconds: float | None = None  # the engine's own clock, where it decodes in another process
 
 
-class _OursRunner:
+class _InProcessRunner:
+    """A configuration that decodes in the evaluation's own process (ours, transformers)."""
+
+    device: str
+
+    def peak_memory(self, samples: np.ndarray, language: str | None) -> int:
+        """Bytes: the memory one more, untimed call needs (see ``MemoryProbe``)."""
+        with MemoryProbe(self.device, True) as probe:
+            self(samples, language)
+        return probe.peak_bytes
+
+    def close(self) -> None:
+        """Nothing to stop: the models go with the process."""
+
+
+class _OursRunner(_InProcessRunner):
     def __init__(self, configuration: Configuration, options: EvalOptions, baseline: WhisperModel):
         """``baseline``: the target alone, loaded once; each configuration drafts on its weights, learning apart."""
-        self.options = options
+        self.options, self.device = options, options.device
         self.model = baseline.with_draft(configuration.draft)
         engine = self.model.engine
         # a draft holds its own checkpoint (separate encoder, other tokenizer) or a decoder module (shared
@@ -259,8 +274,9 @@ class _OursRunner:
                        stats.rounds, stats.drafted, stats.accepted, stats.rescored)
 
 
-class _PeerRunner:
+class _PeerRunner(_InProcessRunner):
     def __init__(self, configuration: Configuration, options: EvalOptions):
+        self.device = options.device
         compute_type = resolve_compute_type(configuration.resolved_compute_type(options), options.device)
         if compute_type.int8:
             raise UnsupportedPairError(f"{configuration.name}: transformers' Whisper has no int8 compute type")
@@ -448,8 +464,7 @@ def run_evaluation(
                     skipped.append(SkippedFile(file_id, str(error), name, samples.size / SAMPLE_RATE, entry.source))
     finally:
         for runner in runners.values():
-            if hasattr(runner, "close"):  # an engine in a worker process of its own
-                runner.close()
+            runner.close()  # an engine in a worker process of its own stops it
 
     environment = RunEnvironment(
         device=options.device, dtype=str(options.resolved_dtype).removeprefix("torch."),
@@ -474,12 +489,8 @@ def _timed(name, runner, file_id, entry, samples, options: EvalOptions, on_step)
         if on_step:
             on_step(f"{name} {file_id}")
     peaks = [0]
-    if options.measure_memory and hasattr(runner, "peak_memory"):  # an engine in a process of its own
+    if options.measure_memory:
         peaks.append(runner.peak_memory(samples, entry.language))
-    elif options.measure_memory:
-        with MemoryProbe(options.device, True) as probe:
-            runner(samples, entry.language)
-        peaks.append(probe.peak_bytes)
     return FileRecord(
         configuration=name, file_id=file_id, audio_seconds=samples.size / SAMPLE_RATE, reference=entry.text,
         text=output.text, tokens=output.tokens, seconds=statistics.median(seconds), repeat_seconds=tuple(seconds),
